@@ -1,0 +1,105 @@
+"""The prepared splits (data/{train,val,test}.csv), their fingerprint, and batching."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from fincompress.common.paths import LABELS, FinCompressError, data_dir
+
+SPLITS = ("train", "val", "test")
+DATASET_INFO = "dataset_info.json"
+MAX_LENGTH = 128
+
+
+def split_path(root: Path, split: str) -> Path:
+    return data_dir(root) / f"{split}.csv"
+
+
+def read_split(root: Path, split: str) -> pd.DataFrame:
+    """Read one prepared split and check it honours the data contract."""
+    path = split_path(root, split)
+    if not path.is_file():
+        raise FinCompressError(
+            f"{path} not found: run `python -m fincompress.data.prepare_dataset` first "
+            f"(offline: add `--source local`)."
+        )
+    frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+    missing = {"text", "label"} - set(frame.columns)
+    if missing:
+        raise FinCompressError(f"{path}: missing column(s) {sorted(missing)}; expected text,label[,source]")
+    labels = pd.to_numeric(frame["label"], errors="coerce")
+    bad = frame.index[labels.isna() | ~labels.isin(range(len(LABELS)))]
+    if len(bad):
+        row = int(bad[0])
+        raise FinCompressError(
+            f"{path}, line {row + 2}: label {frame['label'][row]!r} is not one of 0, 1, 2 "
+            f"({', '.join(f'{i} {n}' for i, n in enumerate(LABELS))})"
+        )
+    empty = frame.index[frame["text"].astype(str).str.strip() == ""]
+    if len(empty):
+        raise FinCompressError(f"{path}, line {int(empty[0]) + 2}: empty text")
+    frame["label"] = labels.astype(int)
+    frame["text"] = frame["text"].astype(str)
+    return frame
+
+
+def compute_fingerprint(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(root: Path) -> str:
+    """Fingerprint of the prepared splits (recorded by prepare_dataset, else computed)."""
+    info_path = data_dir(root) / DATASET_INFO
+    if info_path.is_file():
+        return json.loads(info_path.read_text())["fingerprint"]
+    return compute_fingerprint([split_path(root, s) for s in SPLITS])
+
+
+class EncodedTexts(torch.utils.data.Dataset):
+    """Texts tokenized once (no padding); the collator pads each batch to its longest."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, texts: list[str], labels: list[int] | None = None,
+                 max_length: int = MAX_LENGTH):
+        self.encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
+        self.labels = None if labels is None else [int(x) for x in labels]
+
+    def __len__(self) -> int:
+        return len(self.encodings["input_ids"])
+
+    def __getitem__(self, index: int) -> dict:
+        item = {key: values[index] for key, values in self.encodings.items()}
+        item["index"] = index
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item
+
+
+def make_loader(tokenizer: PreTrainedTokenizerBase, texts: list[str], labels: list[int] | None = None, *,
+                batch_size: int = 32, shuffle: bool = False, seed: int = 0,
+                max_length: int = MAX_LENGTH) -> DataLoader:
+    """A DataLoader of dynamically padded batches; each batch carries `index` into `texts`."""
+    dataset = EncodedTexts(tokenizer, texts, labels, max_length)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      collate_fn=DataCollatorWithPadding(tokenizer))
+
+
+def split_loader(root: Path, split: str, tokenizer: PreTrainedTokenizerBase, **kwargs) -> DataLoader:
+    frame = read_split(root, split)
+    return make_loader(tokenizer, frame["text"].tolist(), frame["label"].tolist(), **kwargs)
+
+
+def model_inputs(batch: dict) -> dict:
+    """The tensors a BERT forward takes (drops labels and index)."""
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

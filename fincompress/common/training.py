@@ -1,0 +1,213 @@
+"""The training loop every stage shares: accelerate, AdamW, linear warm-up/decay, clipping,
+early stopping on validation macro F1 (best weights kept), a per-run CSV log, tqdm.
+
+One loop serves the teacher, both KD students, QAT and pruning recovery: a stage passes a
+`loss_fn(model, batch) -> (loss, {name: float})`. The same code runs on CPU, one GPU, or
+several processes under `accelerate launch` (data-parallel).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+from transformers import set_seed as _set_seed
+
+from fincompress.common.data import model_inputs
+from fincompress.common.metrics import classification_metrics
+from fincompress.common.paths import logs_dir
+
+LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every training stage (each stage sets its defaults)."""
+
+    epochs: int = 3
+    max_steps: int | None = None  # stop after this many optimiser steps (smoke runs, tests)
+    batch_size: int = 32
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    grad_clip: float = 1.0
+    patience: int = 2  # evaluations without a val macro-F1 gain before stopping
+    seed: int = 42
+
+
+@dataclass
+class FitResult:
+    best_metrics: dict
+    best_step: int
+    steps: int
+    history: list[dict] = field(default_factory=list)
+    log_path: Path | None = None
+
+
+def set_seed(seed: int) -> None:
+    _set_seed(seed)
+
+
+def add_train_arguments(parser, defaults: TrainConfig) -> None:
+    """The optimisation flags every training stage exposes, with that stage's defaults."""
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the training set")
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps,
+                        help="stop after this many optimiser steps (smoke runs); default: all epochs")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch size per process")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction,
+                        help="share of steps with linear warm-up (then linear decay to 0)")
+    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="max gradient L2 norm")
+    parser.add_argument("--patience", type=int, default=defaults.patience,
+                        help="epochs without val macro-F1 gain before early stopping")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
+
+
+def train_config_from_args(args) -> TrainConfig:
+    names = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: getattr(args, k) for k in names})
+
+
+class RunLog:
+    """One CSV per training run in logs/: a row per logged step and per evaluation."""
+
+    def __init__(self, root: Path, run_name: str, enabled: bool = True):
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.path = logs_dir(root) / f"{run_name}_{stamp}.csv"
+        self.rows: list[dict] = []
+        self.enabled = enabled
+
+    def write(self, row: dict) -> None:
+        self.rows.append(row)
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        columns: list[str] = []
+        for r in self.rows:
+            columns += [c for c in r if c not in columns]
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, loader: DataLoader, accelerator: Accelerator | None = None,
+                   show_progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, labels (or -1) and dataset indices for every example of `loader`."""
+    was_training = model.training
+    model.eval()
+    logits, labels, indices = [], [], []
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not show_progress):
+        out = model(**model_inputs(batch)).logits.float()
+        gold = batch.get("labels", torch.full_like(batch["index"], -1))
+        if accelerator is not None:
+            out, gold, idx = accelerator.gather_for_metrics((out, gold, batch["index"]))
+        else:
+            idx = batch["index"]
+        logits.append(out.cpu())
+        labels.append(gold.cpu())
+        indices.append(idx.cpu())
+    model.train(was_training)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(indices).numpy()
+
+
+def evaluate_model(model: nn.Module, loader: DataLoader, accelerator: Accelerator | None = None) -> dict:
+    logits, labels, _ = predict_logits(model, loader, accelerator)
+    return classification_metrics(labels, logits.argmax(-1))
+
+
+def cross_entropy_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+    loss = nn.functional.cross_entropy(model(**model_inputs(batch)).logits, batch["labels"])
+    return loss, {}
+
+
+def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, config: TrainConfig, *,
+        root: Path, run_name: str, loss_fn: LossFn = cross_entropy_loss,
+        extra_modules: Iterable[nn.Module] = (), accelerator: Accelerator | None = None,
+        after_step: Callable[[int], None] | None = None) -> FitResult:
+    """Train `model` in place and leave it holding the weights of its best validation epoch.
+
+    `extra_modules` are trained too but not returned (e.g. TinyBERT's projections).
+    `after_step(step)` runs after every optimiser step (e.g. QAT freezing its observers).
+    """
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(config.seed)
+    extras = nn.ModuleList(list(extra_modules))
+    params = [p for p in list(model.parameters()) + list(extras.parameters()) if p.requires_grad]
+    no_decay = {id(p) for n, p in list(model.named_parameters()) + list(extras.named_parameters())
+                if p.ndim < 2 or "LayerNorm" in n}
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in params if id(p) not in no_decay], "weight_decay": config.weight_decay},
+         {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}], lr=config.lr)
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / accelerator.num_processes))
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
+    extras.to(accelerator.device)  # not DDP-wrapped: their grads are averaged by hand below
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    log = RunLog(root, run_name, enabled=accelerator.is_main_process)
+    result = FitResult(best_metrics={"macro_f1": -1.0}, best_step=0, steps=0, log_path=log.path)
+    best_state = None
+    evals_without_gain = 0
+    progress = tqdm(total=total_steps, desc=run_name, disable=not accelerator.is_local_main_process)
+    model.train()
+    step = 0
+    for epoch in range(config.epochs):
+        for batch in train_loader:
+            loss, parts = loss_fn(model, batch)
+            accelerator.backward(loss)
+            if accelerator.num_processes > 1:  # extras are outside DDP: average their grads by hand
+                for p in extras.parameters():
+                    if p.grad is not None:
+                        p.grad = accelerator.reduce(p.grad, "mean")
+            accelerator.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if after_step is not None:
+                after_step(step)
+            row = {"step": step, "epoch": epoch, "train_loss": float(loss.detach()),
+                   "lr": scheduler.get_last_lr()[0], **{k: float(v) for k, v in parts.items()}}
+            log.write(row)
+            progress.update(1)
+            progress.set_postfix(loss=f"{row['train_loss']:.4f}")
+            if step >= total_steps:
+                break
+        metrics = evaluate_model(model, val_loader, accelerator)
+        log.write({"step": step, "epoch": epoch, "val_macro_f1": metrics["macro_f1"],
+                   "val_accuracy": metrics["accuracy"]})
+        result.history.append({"epoch": epoch, "step": step, **metrics})
+        if metrics["macro_f1"] > result.best_metrics["macro_f1"]:
+            result.best_metrics, result.best_step, evals_without_gain = metrics, step, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
+        else:
+            evals_without_gain += 1
+        if step >= total_steps or evals_without_gain >= config.patience:
+            break
+    progress.close()
+    result.steps = step
+    if best_state is not None:
+        unwrapped.load_state_dict(best_state)
+    accelerator.wait_for_everyone()
+    return result
+
+
+def describe(config: TrainConfig) -> dict:
+    return asdict(config)

@@ -1,0 +1,1 @@
+"""FinCompress stage: data."""
