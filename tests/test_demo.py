@@ -1,0 +1,122 @@
+import shutil
+import socket
+
+import pandas as pd
+import pytest
+from gradio_client import Client
+
+from fincompress.common.paths import LABELS, FinCompressError
+from fincompress.demo import app as demo
+
+SENTENCE = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007."
+PROBABILITY_COLUMNS = [f"p_{name}" for name in LABELS]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def two_variant_root(work_root):
+    """The tiny teacher plus a copy of it under another name (same weights, so it must agree)."""
+    checkpoints = work_root / "checkpoints"
+    shutil.copytree(checkpoints / "teacher", checkpoints / "teacher_copy")
+    return work_root
+
+
+@pytest.fixture(scope="module")
+def teacher_only(trained_root):
+    """The tiny teacher loaded in PyTorch (loading writes nothing, so the read-only root is fine)."""
+    return demo.load_side_by_side(trained_root, runtime="torch")
+
+
+def test_launched_demo_answers_through_gradio_client(two_variant_root):
+    side_by_side = demo.load_side_by_side(two_variant_root)
+    app = demo.build_app(side_by_side, two_variant_root)
+    url = demo.launch(app, "127.0.0.1", free_port(), block=False)
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+        notice, table = client.predict(SENTENCE, api_name="/predict")
+        rows = pd.DataFrame(table["data"], columns=table["headers"])
+        assert list(rows.columns) == demo.TABLE_COLUMNS
+        assert sorted(rows["variant"]) == ["teacher", "teacher_copy"]
+        assert ((rows[PROBABILITY_COLUMNS].sum(axis=1) - 1).abs() < 1e-3).all()
+        assert set(rows["label"]) <= set(LABELS)
+        assert (rows["latency_ms"] > 0).all()
+        by_name = rows.set_index("variant")
+        assert by_name.loc["teacher", "agrees_with_teacher"] == "reference"
+        assert by_name.loc["teacher_copy", "agrees_with_teacher"] == "yes"
+        assert "1 of 1 other variant(s) agree" in notice
+
+        for empty in ("", "   \n\t"):
+            notice, table = client.predict(empty, api_name="/predict")
+            assert notice == demo.EMPTY_INPUT_MESSAGE
+            assert table["data"] == [] or table["data"] == [[""] * len(demo.TABLE_COLUMNS)]
+    finally:
+        app.close()
+
+
+def test_long_input_is_truncated_with_a_notice(teacher_only):
+    notice, rows = teacher_only.predict_table("Net sales increased while costs fell. " * 100)
+    assert "only the first 128 tokens" in notice and "up to" in notice
+    assert len(rows) == 1 and abs(sum(rows[0][4:7]) - 1) < 1e-3
+    notice, _ = teacher_only.predict_table(SENTENCE)
+    assert "tokens" not in notice
+
+
+def test_huge_input_is_cut_before_tokenizing():
+    text, notice = demo.clip_characters("x" * 50, max_chars=20)
+    assert text == "x" * 20 and "50 characters" in notice
+    assert demo.clip_characters("short", max_chars=20) == ("short", None)
+
+
+def test_non_english_input_is_predicted_with_a_notice(teacher_only):
+    notice, rows = teacher_only.predict_table("公司第三季度净利润同比增长百分之十二。")
+    assert "does not look like English" in notice and len(rows) == 1
+    assert "English" not in teacher_only.predict_table(SENTENCE)[0]
+    assert "no letters" in demo.language_notice("12.5 % / 3.1 %")
+
+
+def test_without_variants_every_entry_point_says_so(tmp_path, capsys):
+    side_by_side = demo.load_side_by_side(tmp_path)
+    notice, rows = side_by_side.predict_table(SENTENCE)
+    assert "No model variants found" in notice and "train_teacher" in notice and rows == []
+    assert "No model variants found" in side_by_side.status()
+    notice, rows = demo.main(["--root", str(tmp_path), "--check"])
+    assert rows == [] and "No model variants found" in capsys.readouterr().out
+
+
+def test_check_mode_predicts_an_example_in_the_console(trained_root, capsys):
+    _, rows = demo.main(["--root", str(trained_root), "--check", "--runtime", "torch"])
+    assert [row[0] for row in rows] == ["teacher"]
+    assert "agrees_with_teacher" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_refused(trained_root):
+    with pytest.raises(FinCompressError, match="unknown variant"):
+        demo.load_side_by_side(trained_root, "teacher,nope")
+    with pytest.raises(FinCompressError, match="--port"):
+        demo.main(["--root", str(trained_root), "--port", "0", "--check"])
+
+
+def test_examples_come_from_the_test_split_when_present(trained_root, tmp_path):
+    examples = demo.example_sentences(trained_root)
+    test_texts = set(pd.read_csv(trained_root / "data" / "test.csv")["text"])
+    assert len([e for e in examples if e in test_texts]) == len(LABELS)
+    assert demo.example_sentences(tmp_path) == demo.BUILT_IN_EXAMPLES
+
+
+def test_benchmark_tab_shows_results_or_how_to_make_them(tmp_path):
+    bench_note, frame, plot_note, plot = demo.results_view(tmp_path)
+    assert "fincompress.evaluation.benchmark" in bench_note and frame.empty
+    assert "fincompress.evaluation.plots" in plot_note and plot is None
+    (tmp_path / "results" / "plots").mkdir(parents=True)
+    pd.DataFrame({"model_name": ["teacher"], "runtime": ["torch"], "macro_f1": [0.81234567],
+                  "extra": [1]}).to_csv(tmp_path / "results" / "benchmark_results.csv", index=False)
+    (tmp_path / "results" / "plots" / "pareto.png").write_bytes(b"\x89PNG")
+    bench_note, frame, _, plot = demo.results_view(tmp_path)
+    assert list(frame.columns) == ["model_name", "runtime", "macro_f1"] and frame["macro_f1"][0] == 0.8123
+    assert plot.endswith("pareto.png")
