@@ -1,6 +1,7 @@
 import shutil
 import socket
 
+import numpy as np
 import pandas as pd
 import pytest
 from gradio_client import Client
@@ -50,11 +51,14 @@ def test_launched_demo_answers_through_gradio_client(two_variant_root):
         assert by_name.loc["teacher", "agrees_with_teacher"] == "reference"
         assert by_name.loc["teacher_copy", "agrees_with_teacher"] == "yes"
         assert "1 of 1 other variant(s) agree" in notice
+        # the probabilities the browser sees are the loader's, in the project's label order
+        direct = side_by_side.predictors[0].predict_proba([SENTENCE])[0]
+        assert np.allclose(by_name.loc["teacher", PROBABILITY_COLUMNS].astype(float), direct, atol=1e-3)
 
         for empty in ("", "   \n\t"):
             notice, table = client.predict(empty, api_name="/predict")
             assert notice == demo.EMPTY_INPUT_MESSAGE
-            assert table["data"] == [] or table["data"] == [[""] * len(demo.TABLE_COLUMNS)]
+            assert table["data"] == []
     finally:
         app.close()
 
@@ -120,3 +124,28 @@ def test_benchmark_tab_shows_results_or_how_to_make_them(tmp_path):
     bench_note, frame, _, plot = demo.results_view(tmp_path)
     assert list(frame.columns) == ["model_name", "runtime", "macro_f1"] and frame["macro_f1"][0] == 0.8123
     assert plot.endswith("pareto.png")
+
+
+def test_agreement_is_judged_against_the_teacher_label():
+    def prediction(name, probabilities):
+        return demo.Prediction(name, "t", "torch", probabilities, 1.0)
+
+    teacher = prediction("teacher", [0.1, 0.7, 0.2])
+    agrees, disagrees = prediction("a", [0.2, 0.5, 0.3]), prediction("b", [0.1, 0.2, 0.7])
+    rows = demo.table_rows([teacher, agrees, disagrees])
+    assert [(row[0], row[3], row[-1]) for row in rows] == [
+        ("teacher", "neutral", "reference"), ("a", "neutral", "yes"), ("b", "positive", "no")]
+    assert "1 of 2 other variant(s) agree" in demo.summary_line([teacher, agrees, disagrees])
+    assert "only variant" in demo.summary_line([teacher])
+    assert {row[-1] for row in demo.table_rows([agrees, disagrees])} == {"no teacher"}
+    assert "No `teacher` variant" in demo.summary_line([agrees, disagrees])
+
+
+def test_a_broken_variant_is_reported_and_the_others_still_load(work_root):
+    broken = work_root / "checkpoints" / "broken"
+    shutil.copytree(work_root / "checkpoints" / "teacher", broken)
+    (broken / "model.safetensors").unlink()
+    side_by_side = demo.load_side_by_side(work_root)
+    assert [p.name for p in side_by_side.predictors] == ["teacher"]
+    assert "Not loaded: `broken`" in side_by_side.status() and "model.safetensors" in side_by_side.status()
+    assert len(side_by_side.predict_table(SENTENCE)[1]) == 1

@@ -1,14 +1,13 @@
 import copy
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 
-from conftest import FINBERT_SHAPE, REPO, tiny_bert_config
+from conftest import FINBERT_SHAPE, tiny_bert_config
+from fincompress.common import cli
 from fincompress.common.data import make_loader
 from fincompress.common.paths import FinCompressError
 from fincompress.common.variants import count_parameters, load_fp32_model, load_variant, save_fp32_variant
@@ -139,11 +138,12 @@ def test_bad_target_is_a_clear_error(work_root, target):
         prune_finetune.main(["--root", str(work_root), "--target", target])
 
 
-def test_missing_source_is_a_clear_cli_error(work_root):
-    result = subprocess.run([sys.executable, "-m", "fincompress.pruning.prune_finetune", "--root", str(work_root),
-                             "--source", "no_such_model", "--max-steps", "1"], capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "source variant 'no_such_model' not found" in result.stderr
+def test_missing_source_is_a_clear_cli_error(work_root, capsys):
+    # cli.run is what `python -m fincompress.pruning.prune_finetune` runs: one line, exit code 2
+    code = cli.run(prune_finetune.main, ["--root", str(work_root), "--source", "no_such_model", "--max-steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "source variant 'no_such_model' not found" in err and "train_teacher" in err
 
 
 def test_too_many_heads_for_the_floor_is_a_clear_error(work_root):

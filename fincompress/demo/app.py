@@ -3,7 +3,7 @@
 Reads  <root>/checkpoints/*/ (or `--variants a,b`) through the one loader, once at start-up;
        <root>/data/test.csv for example sentences (if present);
        <root>/results/benchmark_results.csv and <root>/results/plots/pareto.png (if present).
-Writes nothing.
+Writes nothing (with `--runtime onnxruntime` the loader caches an FP32 variant's ONNX export in its folder).
 
 Tab "Side by side": each variant's label, class probabilities, latency of the model call on that
 input (batch 1, tokenization excluded, as in the benchmark) and whether it agrees with the teacher.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ BUILT_IN_EXAMPLES = [
     "Quarterly revenue rose 12% year over year and the company raised its full-year outlook.",
     "The company warned that annual profit will fall short of guidance as demand weakens.",
     "The board of directors will meet on Thursday to review the interim report.",
-    "公司第三季度净利润同比增长百分之十二。",
+    "Выручка компании за квартал выросла на 12%, прибыль превысила прогнозы аналитиков.",
 ]
 RUNTIME_CHOICES = ("native", "torch", "onnxruntime")
 TABLE_COLUMNS = ["variant", "technique", "runtime", "label", *(f"p_{name}" for name in LABELS), "latency_ms",
@@ -109,7 +110,8 @@ def truncation_notice(predictor: Predictor, text: str) -> str | None:
     if getattr(tokenizer, "is_fast", False):
         offsets = tokenizer(text, truncation=True, max_length=limit, return_offsets_mapping=True)["offset_mapping"]
         end = max(stop for _, stop in offsets)
-        notice += f", up to \u201c\u2026{text[max(0, end - 60):end].strip()}\u201d"
+        tail = text[max(0, end - 60):end].split(" ", 1)[-1]  # start the quote at a word boundary
+        notice += f", up to \u201c\u2026{tail.strip()}\u201d"
     return notice + "."
 
 
@@ -165,6 +167,8 @@ def summary_line(predictions: list[Prediction], teacher_name: str = CONFIG["teac
     if teacher is None:
         return f"No `{teacher_name}` variant loaded: agreement cannot be checked."
     others = [p for p in predictions if p is not teacher]
+    if not others:
+        return f"Teacher: **{teacher.label}** (the only variant loaded)."
     agreeing = sum(p.label == teacher.label for p in others)
     return f"Teacher: **{teacher.label}**. {agreeing} of {len(others)} other variant(s) agree."
 
@@ -183,6 +187,9 @@ class SideBySide:
     checkpoints: Path
     teacher: str = CONFIG["teacher"]
     load_errors: list[str] = field(default_factory=list)
+    # One prediction at a time (button, Enter and examples are separate Gradio events): latencies are
+    # not measured while another request competes for the same CPU cores.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def status(self) -> str:
         if not self.predictors:
@@ -199,7 +206,8 @@ class SideBySide:
         if text is None or not text.strip():
             return EMPTY_INPUT_MESSAGE, []
         text, notices = input_notices(text.strip(), self.predictors[0])
-        predictions = [predict_one(p, text) for p in self.predictors]
+        with self._lock:
+            predictions = [predict_one(p, text) for p in self.predictors]
         notices.append(summary_line(predictions, self.teacher))
         return "\n\n".join(notices), table_rows(predictions, self.teacher)
 
@@ -272,6 +280,13 @@ def results_view(root: Path) -> tuple[str, pd.DataFrame, str, str | None]:
     return (*benchmark_table(root), *pareto_plot(root))
 
 
+def results_updates(root: Path) -> tuple:
+    """results_view as UI updates: the table and the image are hidden while they do not exist."""
+    bench_note, frame, plot_note, plot_path = results_view(root)
+    return (bench_note, gr.Dataframe(frame, visible=not frame.empty), plot_note,
+            gr.Image(plot_path, visible=plot_path is not None))
+
+
 # ----------------------------------------------------------------------------- the app
 
 def build_app(side_by_side: SideBySide, root: Path) -> gr.Blocks:
@@ -291,21 +306,29 @@ def build_app(side_by_side: SideBySide, root: Path) -> gr.Blocks:
             gr.Examples([[s] for s in example_sentences(root)], inputs=text, outputs=[notice, table],
                         fn=side_by_side.predict_frame, run_on_click=True, cache_examples=False)
         with gr.Tab("Benchmark"):
-            bench_note, bench_frame, plot_note, plot_path = results_view(root)
             reload = gr.Button("Reload results")
-            bench_notice = gr.Markdown(bench_note)
-            bench = gr.Dataframe(bench_frame, label="Benchmark (one row per variant and runtime)", interactive=False)
-            plot_notice = gr.Markdown(plot_note)
-            plot = gr.Image(plot_path, label="Pareto plot", type="filepath", interactive=False)
-            reload.click(lambda: results_view(root), outputs=[bench_notice, bench, plot_notice, plot],
-                         api_visibility="private")
+            bench_notice = gr.Markdown()
+            bench = gr.Dataframe(label="Benchmark (one row per variant and runtime)", interactive=False)
+            plot_notice = gr.Markdown()
+            plot = gr.Image(label="Pareto plot", type="filepath", interactive=False)
+            views = [bench_notice, bench, plot_notice, plot]
+            # Read at every page load and on demand: results written after start-up show up too.
+            app.load(lambda: results_updates(root), outputs=views, api_visibility="private")
+            reload.click(lambda: results_updates(root), outputs=views, api_visibility="private")
     return app
 
 
 def launch(app: gr.Blocks, host: str, port: int, share: bool = False, block: bool = True) -> str:
     """Serve the app; returns its local URL (with block=False the server runs in a thread: app.close())."""
-    _, url, _ = app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                           ssr_mode=False, mcp_server=False, quiet=not block, show_error=False)
+    try:
+        _, url, share_url = app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
+                                       ssr_mode=False, mcp_server=False, quiet=True, show_error=False)
+    except OSError as exc:
+        raise FinCompressError(f"cannot serve on {host}:{port} ({exc}); choose another --port") from exc
+    public = f", public link {share_url}" if share_url else " (--share adds a public link)"
+    log.info("FinCompress demo running on %s%s; Ctrl+C stops it", url, public)
+    if block:
+        app.block_thread()
     return url
 
 
@@ -319,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated variant folder names to show (default: every folder in checkpoints/)")
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="native",
                         help="native: FP32 variants in PyTorch, ONNX artifacts in onnxruntime; torch or onnxruntime: "
-                             "that runtime wherever the variant supports it (ONNX artifacts always in onnxruntime)")
+                             "that runtime wherever the variant supports it (ONNX artifacts always in onnxruntime; "
+                             "FP32 variants are exported to ONNX once, cached in their folder)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per model (default: the library's)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
     parser.add_argument("--check", action="store_true",

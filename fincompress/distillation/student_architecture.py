@@ -152,7 +152,7 @@ def build_student(spec: StudentSpec, teacher: PreTrainedModel, **config_override
         raise FinCompressError(f"the teacher is a {teacher.config.model_type!r} model; the student is a BERT")
     config = student_config(teacher.config, spec, **config_overrides)
     student = BertForSequenceClassification(config)
-    record = {"init": spec.init, "shape": spec.shape(), "layer_map": spec.init_layer_map}
+    record = {"init": spec.init, "shape": spec.shape()}
     kind, _, name = spec.init.partition(":")
     if kind == "pretrained":
         source = load_pretrained_encoder(name)
