@@ -73,6 +73,8 @@ def build_stages(preset: str, model: str | None = None, data_dir: Path | None = 
         student = ["--student-layers", "2", *STUDENT_384, "--student-init", f"pretrained:{minilm}"]
         kd_steps = []
     smoke = preset == "smoke"
+    if smoke:
+        data_args += ["--sample-fraction", "0.1"]  # ~340 texts: every stage's real code path, in seconds
     few = ["--max-steps", "3", "--batch-size", "16"] if smoke else []
     if smoke:
         teacher_args = ["--model", model or minilm, "--max-steps", "4", "--batch-size", "16"]

@@ -121,3 +121,15 @@ def test_read_split_rejects_wrong_labels_and_empty_text(tmp_path):
         read_split(tmp_path, "train")
     with pytest.raises(FinCompressError, match="prepare_dataset"):
         read_split(tmp_path, "val")
+
+
+def test_sample_fraction_keeps_the_class_mix_and_rejects_bad_values():
+    frame, _ = prep.clean_and_deduplicate(prep.load_local(PHRASEBANK, FIQA, "all"))
+    sample = prep.stratified_sample(frame, 0.1)
+    assert len(sample) == round(0.1 * len(frame))
+    share = sample["label"].value_counts(normalize=True) - frame["label"].value_counts(normalize=True)
+    assert share.abs().max() < 0.01
+    splits = prep.stratified_split(sample)  # rare label x source strata fall back to the label alone
+    assert sum(len(part) for part in splits.values()) == len(sample)
+    with pytest.raises(FinCompressError, match="sample-fraction"):
+        prep.stratified_sample(frame, 0)

@@ -180,5 +180,4 @@ def test_cli_ffn_entropy_distill_and_curve_mode(work_root):
     assert not any(r["recovered"] for r in result["curve"])
     curve = pd.read_csv(result["curve_path"])
     assert set(curve["run"]) == {"pruned_25pct_ffn50", "curve_gradient"}
-    assert curve.loc[curve["run"] == "curve_gradient", "test_macro_f1"].notna().all()
     assert not (work_root / "checkpoints" / "curve_gradient").exists()

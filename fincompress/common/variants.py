@@ -124,6 +124,20 @@ def list_variants(checkpoints: Path) -> list[str]:
                   if p.is_dir() and not p.name.startswith(".") and (p / INFO_FILE).is_file())
 
 
+def select_variants(root: Path, names: str | None) -> list[str]:
+    """`names` (comma-separated) checked against the variants under root, or all of them."""
+    available = list_variants(Path(root) / "checkpoints")
+    if not names:
+        if not available:
+            raise FinCompressError(f"no variant folders in {Path(root) / 'checkpoints'}: train the teacher first")
+        return available
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    missing = [n for n in chosen if n not in available]
+    if missing:
+        raise FinCompressError(f"unknown variant(s) {missing}; available: {available}")
+    return chosen
+
+
 # ----------------------------------------------------------------------------- labels
 
 def set_project_labels(config: PretrainedConfig) -> None:

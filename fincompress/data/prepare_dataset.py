@@ -160,13 +160,30 @@ def clean_and_deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     return deduplicated, stats
 
 
+def strata(frame: pd.DataFrame, min_size: int = 10) -> pd.Series:
+    """label x source; a stratum too small to split 70/15/15 falls back to its label alone."""
+    combined = frame["label"].astype(str) + "|" + frame["source"]
+    counts = combined.value_counts()
+    rare = combined.isin(counts[counts < min_size].index)
+    return combined.where(~rare, frame["label"].astype(str) + "|other")
+
+
+def stratified_sample(frame: pd.DataFrame, fraction: float, seed: int = CONFIG["seed"]) -> pd.DataFrame:
+    """A stratified (label x source) share of the data: smoke runs on a tenth of it keep its mix."""
+    if not 0 < fraction <= 1:
+        raise FinCompressError(f"--sample-fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return frame
+    sample, _ = train_test_split(frame, train_size=fraction, stratify=strata(frame), random_state=seed)
+    return sample.reset_index(drop=True)
+
+
 def stratified_split(frame: pd.DataFrame, fractions=CONFIG["split"], seed: int = CONFIG["seed"]
                      ) -> dict[str, pd.DataFrame]:
     """70/15/15 split stratified on label x source, deterministic for a seed."""
-    strata = frame["label"].astype(str) + "|" + frame["source"]
-    train, rest = train_test_split(frame, train_size=fractions[0], stratify=strata, random_state=seed)
+    train, rest = train_test_split(frame, train_size=fractions[0], stratify=strata(frame), random_state=seed)
     val_share = fractions[1] / (fractions[1] + fractions[2])
-    val, test = train_test_split(rest, train_size=val_share, stratify=strata.loc[rest.index], random_state=seed)
+    val, test = train_test_split(rest, train_size=val_share, stratify=strata(rest, min_size=4), random_state=seed)
     return {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True),
             "test": test.reset_index(drop=True)}
 
@@ -205,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--phrasebank-dir", type=Path, help="folder holding Sentences_*.txt (with --source local)")
     parser.add_argument("--fiqa-dir", type=Path, help="folder holding task1_*_ABSA_train.json (with --source local)")
     parser.add_argument("--seed", type=int, default=CONFIG["seed"], help="split seed")
+    parser.add_argument("--sample-fraction", type=float, default=1.0,
+                        help="keep a stratified share of the deduplicated data before splitting (smoke runs)")
     return parser
 
 
@@ -216,8 +235,10 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         raw = load_hub(args.agreement)
     frame, stats = clean_and_deduplicate(raw)
+    frame = stratified_sample(frame, args.sample_fraction, args.seed)
     splits = stratified_split(frame, seed=args.seed)
     info = write_splits(root, splits, {"source": args.source, "agreement": args.agreement, "seed": args.seed,
+                                       "sample_fraction": args.sample_fraction,
                                        "fiqa_threshold": CONFIG["fiqa_threshold"], **stats,
                                        "by_source": frame["source"].value_counts().to_dict()})
     print(f"{stats['raw']} raw rows -> {stats['total']} after dropping {stats['empty_dropped']} empty, "

@@ -39,8 +39,7 @@ from fincompress.common.paths import (
     project_root,
     results_dir,
 )
-from fincompress.common.variants import Predictor, list_variants, load_variant, variant_runtimes
-from fincompress.evaluation.benchmark import select_variants  # shared check; belongs in common.variants
+from fincompress.common.variants import Predictor, list_variants, load_variant, select_variants, variant_runtimes
 
 log = logging.getLogger("fincompress.demo")
 

@@ -33,7 +33,7 @@ from fincompress.common import cli
 from fincompress.common.data import read_split
 from fincompress.common.metrics import metrics_from_probabilities
 from fincompress.common.paths import FinCompressError, add_root_argument, checkpoints_dir, project_root, results_dir
-from fincompress.common.variants import Predictor, list_variants, load_variant, read_info, variant_runtimes
+from fincompress.common.variants import Predictor, load_variant, read_info, select_variants, variant_runtimes
 
 log = logging.getLogger("fincompress.benchmark")
 
@@ -85,19 +85,6 @@ def interleaved_timings(predictors: list[Predictor], inputs: list[list[dict]], w
             if rep >= warmup:
                 timings[p].append(elapsed)
     return timings
-
-
-def select_variants(root: Path, names: str | None) -> list[str]:
-    available = list_variants(checkpoints_dir(root))
-    if not names:
-        if not available:
-            raise FinCompressError(f"no variant folders in {checkpoints_dir(root)}: train the teacher first")
-        return available
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
-    missing = [n for n in chosen if n not in available]
-    if missing:
-        raise FinCompressError(f"unknown variant(s) {missing}; available: {available}")
-    return chosen
 
 
 def load_predictors(root: Path, names: list[str], runtimes: list[str], threads: int) -> list[Predictor]:

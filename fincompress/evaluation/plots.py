@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # headless: CI, servers, the pipeline
 import matplotlib.pyplot as plt  # noqa: E402
@@ -71,6 +72,8 @@ def plot_pareto(frame: pd.DataFrame, path: Path) -> Path:
     ax.plot(front["cpu_latency_ms_median"], 100 * front["macro_f1"], "--", color="black", lw=1,
             label="Pareto frontier")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("batch-1 CPU latency, median (ms, log scale)")
     ax.set_ylabel("test macro F1 (%)")
     ax.set_title("Accuracy vs latency (bubble area = model size on disk)")

@@ -16,15 +16,17 @@ structured_pruning), remove the least important heads over all layers until the 
 head per layer, evaluate, then recovery fine-tune (cross-entropy, or with --distill a KD loss against
 the unpruned source's logits) and evaluate again.
 
-Curve mode (--curve-targets 0.1,0.2,...,0.9): no variant is written; the model is pruned step by
-step to each fraction (importance re-scored at every step) and val and test macro F1 are recorded at
-each point, *without* recovery fine-tuning unless --curve-recover is given. Rows go to
-results/pruning_curve.csv (`recovered` says which) for notebook 04.
+Curve mode (--curve-targets 0.1,0.2,...,0.9): no variant is written; val macro F1 is recorded at each
+fraction. By default *without* recovery: importance is scored once on the unpruned source and each
+point removes the least important heads of that one ranking (Michel et al.'s one-shot curve). With
+--curve-recover the model is pruned step by step, re-scored and recovery fine-tuned between points.
+Rows go to results/pruning_curve.csv (`recovered` says which) for notebook 04.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import uuid
@@ -86,7 +88,7 @@ DEFAULTS = TrainConfig(epochs=1, batch_size=32, lr=5e-5, weight_decay=0.01, warm
 CURVE_FILE = "pruning_curve.csv"
 CURVE_COLUMNS = ["run", "source", "importance", "distill", "round", "heads_removed_fraction", "heads_remaining",
                  "heads_total", "ffn_removed_fraction", "num_parameters", "recovered", "recovery_steps",
-                 "val_macro_f1", "test_macro_f1", "created_at"]
+                 "val_macro_f1", "created_at"]
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -169,27 +171,35 @@ def cached_logits(model: nn.Module, tokenizer, texts: list[str], batch_size: int
 
 # ----------------------------------------------------------------------------- one pruning step
 
-def prune_step(model: nn.Module, scoring: DataLoader, importance: str, heads_fraction: float, ffn_fraction: float,
-               score_batches: int | None) -> dict:
-    """Remove heads (and neurons) until `heads_fraction` of all heads and `ffn_fraction` of each layer's
-    neurons are gone, scoring importance on `scoring` first. Returns what was removed."""
+def removal_targets(model: nn.Module, heads_fraction: float, ffn_fraction: float) -> tuple[int, list[int]]:
+    """Heads still to remove to reach `heads_fraction` of all heads, and FFN neurons to keep per layer."""
     total = original_head_total(model)
     to_remove = round(heads_fraction * total) - (total - sum(head_counts(model)))
     ffn_keep = [round(model.config.intermediate_size * (1 - ffn_fraction))] * model.config.num_hidden_layers
+    return to_remove, ffn_keep
+
+
+def apply_removal(model: nn.Module, head_scores: list[torch.Tensor], neuron_scores: list[torch.Tensor] | None,
+                  heads_fraction: float, ffn_fraction: float) -> dict:
+    """Remove the least important heads (and neurons) of `model` by the given scores. Returns what went."""
+    to_remove, ffn_keep = removal_targets(model, heads_fraction, ffn_fraction)
+    heads = select_heads(head_scores, max(0, to_remove))
+    remove_heads(model, heads)
+    neurons = select_neurons(neuron_scores, ffn_keep) if neuron_scores is not None else {}
+    remove_neurons(model, neurons)
+    return {"heads": heads, "neurons": sum(len(v) for v in neurons.values())}
+
+
+def prune_step(model: nn.Module, scoring: DataLoader, importance: str, heads_fraction: float, ffn_fraction: float,
+               score_batches: int | None) -> dict:
+    """Score importance on `scoring`, then remove heads (and neurons) until `heads_fraction` of all heads
+    and `ffn_fraction` of each layer's neurons are gone. Returns what was removed."""
+    to_remove, ffn_keep = removal_targets(model, heads_fraction, ffn_fraction)
     prune_ffn = any(size > keep for size, keep in zip(intermediate_sizes(model), ffn_keep))
     if to_remove <= 0 and not prune_ffn:
         return {"heads": {}, "neurons": 0}
-    head_scores, neuron_scores = head_importance(model, scoring, importance, neurons=prune_ffn,
-                                                 max_batches=score_batches)
-    heads = select_heads(head_scores, max(0, to_remove))
-    remove_heads(model, heads)
-    removed_neurons = 0
-    if prune_ffn:
-        neurons = select_neurons(neuron_scores, ffn_keep)
-        remove_neurons(model, neurons)
-        removed_neurons = sum(len(v) for v in neurons.values())
-    record_shapes(model)
-    return {"heads": heads, "neurons": removed_neurons}
+    scores = head_importance(model, scoring, importance, neurons=prune_ffn, max_batches=score_batches)
+    return apply_removal(model, *scores, heads_fraction, ffn_fraction)
 
 
 def schedule(args: argparse.Namespace) -> list[tuple[float, float]]:
@@ -259,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="batch size for scoring and evaluation")
     parser.add_argument("--curve-targets", type=fraction_list, default=None,
                         help="curve mode: comma-separated increasing head fractions (e.g. 0.1,0.2,...,0.9); "
-                        "records val/test macro F1 at each, writes no variant")
+                        "records val macro F1 at each, writes no variant")
     parser.add_argument("--curve-recover", action="store_true",
                         help="curve mode: recovery fine-tune between the points (default: no recovery)")
     add_train_arguments(parser, DEFAULTS)
@@ -305,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows: list[dict] = []
     history: list[dict] = []
 
-    def record(round_number: int, heads_fraction: float, ffn_fraction: float, recovered: bool, steps: int,
+    def record(model: nn.Module, round_number: int, ffn_fraction: float, recovered: bool, steps: int,
                val_f1: float | None = None) -> dict:
         val_f1 = evaluate_model(model, val)["macro_f1"] if val_f1 is None else val_f1
         row = {"run": name, "source": args.source, "importance": args.importance, "distill": bool(args.distill),
@@ -313,7 +323,6 @@ def main(argv: list[str] | None = None) -> dict:
                "heads_remaining": sum(head_counts(model)), "heads_total": total,
                "ffn_removed_fraction": round(ffn_fraction, 4), "num_parameters": count_parameters(model),
                "recovered": recovered, "recovery_steps": steps, "val_macro_f1": val_f1,
-               "test_macro_f1": evaluate_model(model, test)["macro_f1"] if curve_mode else None,
                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         rows.append(row)
         pruning_log.write({k: row[k] for k in ("round", "heads_removed_fraction", "heads_remaining",
@@ -322,11 +331,20 @@ def main(argv: list[str] | None = None) -> dict:
                  "after recovery" if recovered else "before recovery", val_f1)
         return row
 
-    record(0, 0.0, 0.0, recovered=False, steps=0)
+    record(model, 0, 0.0, recovered=False, steps=0)
     training_logs = []
+    one_shot = curve_mode and not recover
+    if one_shot:  # one ranking on the unpruned source; every point prunes a fresh copy by it
+        scores = head_importance(model, val, args.importance, neurons=args.ffn_prune > 0,
+                                 max_batches=args.score_batches)
     for number, (heads_fraction, ffn_fraction) in enumerate(points, start=1):
+        if one_shot:
+            pruned = copy.deepcopy(model)
+            apply_removal(pruned, *scores, heads_fraction, ffn_fraction)
+            record(pruned, number, ffn_fraction, recovered=False, steps=0)
+            continue
         removed = prune_step(model, val, args.importance, heads_fraction, ffn_fraction, args.score_batches)
-        record(number, heads_fraction, ffn_fraction, recovered=False, steps=0)
+        record(model, number, ffn_fraction, recovered=False, steps=0)
         entry = {"round": number, "removed_heads": removed["heads"], "removed_neurons": removed["neurons"],
                  "head_counts": head_counts(model), "val_macro_f1_before_recovery": rows[-1]["val_macro_f1"]}
         if recover:
@@ -336,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
             result = fit(model, train, val, round_config, root=root, run_name=f"{name}_round{number}", **kwargs)
             model = model.cpu()
             training_logs.append(str(result.log_path))
-            record(number, heads_fraction, ffn_fraction, recovered=True, steps=result.steps,
+            record(model, number, ffn_fraction, recovered=True, steps=result.steps,
                    val_f1=result.best_metrics["macro_f1"])
             entry.update(val_macro_f1_after_recovery=result.best_metrics["macro_f1"], recovery_steps=result.steps)
         history.append(entry)

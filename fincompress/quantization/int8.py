@@ -27,6 +27,7 @@ import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,7 +211,7 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, reader: CalibrationData
              "WeightSymmetric": True, "ActivationSymmetric": False}
     if activation_ranges:
         extra["TensorQuantOverrides"] = tensor_overrides(nodes, activation_ranges)
-    with tempfile.TemporaryDirectory(prefix="fincompress-q-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fincompress-q-") as tmp, quiet_root_logger():
         staged = Path(tmp) / "q.onnx"
         if nodes:
             if reader is not None and hasattr(reader, "rewind"):
@@ -229,6 +230,24 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, reader: CalibrationData
             quantize_embedding_storage(quantized, reduce_range)
         save_onnx(quantized, out_path)
     return out_path
+
+
+@contextmanager
+def quiet_root_logger():
+    """ORT's quantizer logs advice on the root logger (run quant_pre_process); we skip it on purpose.
+
+    quant_pre_process = symbolic shape inference + ORT's basic graph optimisations + shape
+    inference. The dynamo export already carries shapes, the nodes we quantize are plain MatMuls
+    selected by name (pre-processing would rename/fuse nodes and lose the torch name scopes that
+    map them to modules), and ORT applies its fusions when the session opens, after QDQ insertion.
+    """
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def tensor_overrides(nodes: Sequence[LinearNode], ranges: dict[str, tuple[float, float]]) -> dict:
@@ -309,7 +328,7 @@ def quantize_embedding_storage(model: onnx.ModelProto, reduce_range: bool = Fals
 
 def quantize_dynamic_baseline(fp32_path: Path, out_path: Path) -> Path:
     """The one-liner a user tries first: `quantize_dynamic(in, out)` with ORT's defaults."""
-    with tempfile.TemporaryDirectory(prefix="fincompress-q-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fincompress-q-") as tmp, quiet_root_logger():
         staged = Path(tmp) / "q.onnx"
         quantize_dynamic(str(fp32_path), str(staged), weight_type=QuantType.QInt8)
         save_onnx(onnx.load(str(staged)), out_path)
@@ -411,6 +430,12 @@ def add_recipe_arguments(parser, calibration_samples: int, seed: int | None) -> 
                         help="7-bit weights: avoids int16 saturation of the U8S8 kernel on x86 CPUs without VNNI")
     if seed is not None:  # training stages get --seed from add_train_arguments
         parser.add_argument("--seed", type=int, default=seed, help="random seed (calibration sample)")
+
+
+def check_recipe_arguments(args) -> None:
+    """Reject bad numbers before any slow export or training starts."""
+    if args.calibration_samples < 1:
+        raise FinCompressError(f"--calibration-samples must be >= 1 (got {args.calibration_samples})")
 
 
 def recipe_groups(available: Iterable[str], args) -> list[str]:

@@ -34,6 +34,7 @@ from fincompress.quantization.int8 import (
     all_groups,
     calibration_reader,
     calibration_texts,
+    check_recipe_arguments,
     evaluate_and_save,
     export_source,
     onnx_predictions,
@@ -93,6 +94,7 @@ def sensitivity_report(root: Path, fp32_path: Path, tokenizer, reader, args, wor
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     root = project_root(args.root)
+    check_recipe_arguments(args)
     source = resolve_fp32_source(root, args.source)
     technique = "ptq" if args.method == "static" else "dynamic"
     name = args.output_name or f"{args.source}_{technique}_int8"

@@ -44,6 +44,7 @@ from fincompress.quantization.int8 import (
     all_groups,
     calibration_reader,
     calibration_texts,
+    check_recipe_arguments,
     evaluate_and_save,
     export_fp32,
     module_group,
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = train_config_from_args(args)
     if args.observer_warmup_steps < 1:
         raise FinCompressError(f"--observer-warmup-steps must be >= 1 (got {args.observer_warmup_steps})")
+    check_recipe_arguments(args)
     source = resolve_fp32_source(root, args.source)
     name = args.output_name or f"{args.source}_qat_int8"
     if name == args.source:
