@@ -60,27 +60,36 @@ def build_stages(preset: str, model: str | None = None, data_dir: Path | None = 
         raise FinCompressError(f"unknown preset {preset!r}; choose from {PRESETS}")
     data_dir = Path(data_dir or SHARED / "data")
     minilm = str(SHARED / "models" / "all-MiniLM-L6-v2")
+    smoke = preset == "smoke"
+    few = ["--max-steps", "3", "--batch-size", "16"]
     if preset == "finbert":
         data_args = ["--source", "hub"]
         teacher_args = ["--model", model or "ProsusAI/finbert"]
-        student = ["--student-layers", "4", *STUDENT_384]  # default init: pretrained MiniLM-L6-H384 from the Hub
-        kd_steps: list[str] = []
+        # 4 x 384 student, default init: pretrained MiniLM-L6-H384 (Hub), its evenly spaced layers.
+        student = ["--student-layers", "4", *STUDENT_384]
+        vanilla_args, intermediate_args = list(student), list(student)
+        qat_args: list[str] = []
+        prune_args = ["--rounds", "3", "--distill"]
     else:
         data_args = ["--source", "local", "--phrasebank-dir", str(data_dir / "financial_phrasebank"),
                      "--fiqa-dir", str(data_dir / "fiqa_2018")]
         teacher_args = ["--model", model or minilm, "--lr", "5e-5", "--epochs", "4"]
-        # The 6x384 MiniLM teacher gets a 2x384 student (3x fewer encoder FLOPs per token).
-        student = ["--student-layers", "2", *STUDENT_384, "--student-init", f"pretrained:{minilm}"]
-        kd_steps = []
-    smoke = preset == "smoke"
+        # The 6 x 384 MiniLM teacher gets a 2 x 384 student (3x fewer encoder FLOPs per token), initialised
+        # from the teacher's bottom two layers (the best init in results/distillation_init_comparison.csv).
+        student = ["--student-layers", "2", *STUDENT_384, "--student-init", "teacher-layers", "--init-layer-map", "0,1"]
+        vanilla_args = [*student, "--lr", "2e-4", "--epochs", "4", "--patience", "2",
+                        "--transfer-set", "phrasebank-50agree"]
+        intermediate_args = [*student, "--lr", "2e-4", "--epochs", "6", "--patience", "3"]
+        qat_args = ["--max-steps", "24", "--observer-warmup-steps", "8"]
+        prune_args = ["--rounds", "2", "--distill"]
     if smoke:
         data_args += ["--sample-fraction", "0.1"]  # ~340 texts: every stage's real code path, in seconds
-    few = ["--max-steps", "3", "--batch-size", "16"] if smoke else []
-    if smoke:
-        teacher_args = ["--model", model or minilm, "--max-steps", "4", "--batch-size", "16"]
-    kd_common = [*student, *kd_steps, *few]
-    calibration = ["--calibration-samples", "32" if smoke else "512"]
-    prune_common = ["--rounds", "1", *few] if smoke else ["--rounds", "3", "--distill"]
+        teacher_args = ["--model", model or minilm, *few]
+        student = ["--student-layers", "2", *STUDENT_384, "--student-init", f"pretrained:{minilm}"]
+        vanilla_args, intermediate_args = [*student, *few], [*student, *few]
+        qat_args = [*few, "--observer-warmup-steps", "1"]
+        prune_args = ["--rounds", "1", *few]
+    calibration = ["--calibration-samples", "32" if smoke else "256"]
     curve_targets = "0.1,0.3,0.5,0.7" if smoke else "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
     bench = (["--num-runs", "10", "--warmup", "2", "--throughput-runs", "2", "--max-test-samples", "64"]
              if smoke else [])
@@ -88,19 +97,19 @@ def build_stages(preset: str, model: str | None = None, data_dir: Path | None = 
     stages = [
         Stage("data", "fincompress.data.prepare_dataset", data_args, [], [DATA]),
         Stage("teacher", "fincompress.teacher.train_teacher", teacher_args, [DATA], [teacher]),
-        Stage("student_vanilla_kd", "fincompress.distillation.soft_label_distillation", kd_common,
+        Stage("student_vanilla_kd", "fincompress.distillation.soft_label_distillation", vanilla_args,
               [DATA, teacher], [variant("student_vanilla_kd")]),
-        Stage("student_intermediate_kd", "fincompress.distillation.intermediate_distillation", kd_common,
+        Stage("student_intermediate_kd", "fincompress.distillation.intermediate_distillation", intermediate_args,
               [DATA, teacher], [variant("student_intermediate_kd")]),
         Stage("teacher_ptq_int8", "fincompress.quantization.ptq", ["--source", "teacher", *calibration],
               [DATA, teacher], [variant("teacher_ptq_int8")]),
         Stage("teacher_dynamic_int8", "fincompress.quantization.ptq", ["--source", "teacher", "--method", "dynamic"],
               [DATA, teacher], [variant("teacher_dynamic_int8")]),
-        Stage("teacher_qat_int8", "fincompress.quantization.qat", ["--source", "teacher", *calibration, *few],
+        Stage("teacher_qat_int8", "fincompress.quantization.qat", ["--source", "teacher", *calibration, *qat_args],
               [DATA, teacher], [variant("teacher_qat_int8")]),
-        Stage("pruned_30pct", "fincompress.pruning.prune_finetune", ["--target", "0.3", *prune_common],
+        Stage("pruned_30pct", "fincompress.pruning.prune_finetune", ["--target", "0.3", *prune_args],
               [DATA, teacher], [variant("pruned_30pct")]),
-        Stage("pruned_50pct", "fincompress.pruning.prune_finetune", ["--target", "0.5", *prune_common],
+        Stage("pruned_50pct", "fincompress.pruning.prune_finetune", ["--target", "0.5", *prune_args],
               [DATA, teacher], [variant("pruned_50pct")]),
         Stage("pruning_curve", "fincompress.pruning.prune_finetune",
               ["--curve-targets", curve_targets, *(["--max-val-samples", "96"] if smoke else [])],
