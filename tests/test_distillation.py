@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from transformers import BertForSequenceClassification
 
 from conftest import save_tiny_model, tiny_bert_config
-from fincompress.common import cli
+from fincompress.common import cli, losses
 from fincompress.common.paths import FinCompressError
 from fincompress.common.variants import load_fp32_model, load_variant, save_fp32_variant
 from fincompress.distillation import intermediate_distillation, kd, soft_label_distillation
@@ -22,17 +22,17 @@ def test_kd_loss_is_zero_when_logits_agree_and_scales_with_t_squared():
     torch.manual_seed(0)
     teacher, student = torch.randn(8, 3), torch.randn(8, 3)
     for temperature in (1.0, 4.0):
-        assert kd.soft_label_kd_loss(teacher.clone(), teacher, temperature).item() == pytest.approx(0, abs=1e-6)
+        assert losses.soft_label_kd_loss(teacher.clone(), teacher, temperature).item() == pytest.approx(0, abs=1e-6)
     plain = torch.nn.functional.kl_div(torch.log_softmax(student / 4, -1), torch.softmax(teacher / 4, -1),
                                        reduction="batchmean")
-    assert kd.soft_label_kd_loss(student, teacher, 4.0).item() == pytest.approx(16 * plain.item(), rel=1e-5)
+    assert losses.soft_label_kd_loss(student, teacher, 4.0).item() == pytest.approx(16 * plain.item(), rel=1e-5)
     # unlabelled (transfer-set) rows: cross-entropy ignores them, the KD term does not
-    labels = torch.tensor([0, 1, 2, 0, kd.UNLABELLED, kd.UNLABELLED, 1, 2])
-    loss, parts = kd.prediction_loss(student, teacher, labels, alpha=0.5, temperature=4.0)
+    labels = torch.tensor([0, 1, 2, 0, losses.UNLABELLED, losses.UNLABELLED, 1, 2])
+    loss, parts = losses.prediction_loss(student, teacher, labels, alpha=0.5, temperature=4.0)
     ce = torch.nn.functional.cross_entropy(student[labels >= 0], labels[labels >= 0])
     assert loss.item() == pytest.approx(0.5 * parts["kd_loss"] + 0.5 * ce.item(), rel=1e-5)
-    all_unlabelled = torch.full((8,), kd.UNLABELLED)
-    loss, parts = kd.prediction_loss(student, teacher, all_unlabelled, alpha=0.5, temperature=4.0)
+    all_unlabelled = torch.full((8,), losses.UNLABELLED)
+    loss, parts = losses.prediction_loss(student, teacher, all_unlabelled, alpha=0.5, temperature=4.0)
     assert parts["ce_loss"] == 0 and torch.isfinite(loss)
 
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from fincompress.common import cli
 from fincompress.common.data import model_inputs
+from fincompress.common.losses import prediction_loss
 from fincompress.common.paths import FinCompressError
 from fincompress.common.training import FitResult, TrainConfig, fit
 from fincompress.distillation.kd import (
@@ -41,7 +42,6 @@ from fincompress.distillation.kd import (
     add_kd_arguments,
     cached_prediction_loss_fn,
     finish_run,
-    prediction_loss,
     prepare_run,
 )
 from fincompress.distillation.student_architecture import layer_map

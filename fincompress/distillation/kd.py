@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fincompress.common.data import MAX_LENGTH, data_fingerprint, make_loader, model_inputs, read_split, split_loader
+from fincompress.common.losses import UNLABELLED, prediction_loss
 from fincompress.common.paths import (
     REPO_ROOT,
     FinCompressError,
@@ -60,7 +60,6 @@ from fincompress.distillation.student_architecture import (
 
 log = logging.getLogger("fincompress.distillation")
 
-UNLABELLED = -100  # label of transfer-set sentences: cross-entropy ignores it, the KD term does not
 CACHE_FOLDER = Path(".cache") / "teacher_logits"
 RUNS_TABLE = "distillation_init_comparison.csv"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -72,27 +71,6 @@ NAMED_TRANSFER_SETS = {
 
 
 # ----------------------------------------------------------------------------- losses
-
-def soft_label_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch.
-
-    The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones
-    whatever the temperature (Hinton et al. 2015, section 2).
-    """
-    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    teacher_probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    return temperature ** 2 * F.kl_div(student_log_probs, teacher_probs, reduction="batchmean")
-
-
-def prediction_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                    alpha: float, temperature: float) -> tuple[torch.Tensor, dict]:
-    """alpha * soft-label KD + (1 - alpha) * cross-entropy on the labelled examples of the batch."""
-    kd = soft_label_kd_loss(student_logits, teacher_logits, temperature)
-    labelled = labels != UNLABELLED
-    ce = (F.cross_entropy(student_logits[labelled], labels[labelled]) if bool(labelled.any())
-          else student_logits.sum() * 0.0)
-    return alpha * kd + (1 - alpha) * ce, {"kd_loss": float(kd.detach()), "ce_loss": float(ce.detach())}
-
 
 # ----------------------------------------------------------------------------- teacher-logit cache
 

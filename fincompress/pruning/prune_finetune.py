@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from fincompress.common import cli
 from fincompress.common.data import data_fingerprint, make_loader, model_inputs, read_split
+from fincompress.common.losses import prediction_loss
 from fincompress.common.paths import FinCompressError, add_root_argument, project_root, results_dir, variant_dir
 from fincompress.common.training import (
     RunLog,
@@ -152,11 +153,7 @@ def distillation_loss(teacher_logits: torch.Tensor, temperature: float, alpha: f
     def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         logits = model(**model_inputs(batch)).logits
         soft = teacher_logits[batch["index"].cpu()].to(logits.device)
-        ce = nn.functional.cross_entropy(logits, batch["labels"])
-        kd = nn.functional.kl_div(nn.functional.log_softmax(logits / temperature, -1),
-                                  nn.functional.softmax(soft / temperature, -1), reduction="batchmean")
-        loss = alpha * temperature ** 2 * kd + (1 - alpha) * ce
-        return loss, {"ce": float(ce.detach()), "kd": float(kd.detach())}
+        return prediction_loss(logits, soft, batch["labels"], alpha, temperature)
 
     return loss_fn
 
