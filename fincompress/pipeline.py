@@ -114,11 +114,11 @@ def build_stages(preset: str, model: str | None = None, data_dir: Path | None = 
         Stage("pruning_curve", "fincompress.pruning.prune_finetune",
               ["--curve-targets", curve_targets, *(["--max-val-samples", "96"] if smoke else [])],
               [DATA, teacher], ["results/pruning_curve.csv"]),
-        # Stacked: the best KD student, quantized.
-        Stage("student_intermediate_kd_ptq_int8", "fincompress.quantization.ptq",
-              ["--source", "student_intermediate_kd", *calibration],
-              [DATA, variant("student_intermediate_kd")], [variant("student_intermediate_kd_ptq_int8")]),
     ]
+    # Stacked rows: each KD student, then INT8.
+    stages += [Stage(f"{student}_ptq_int8", "fincompress.quantization.ptq", ["--source", student, *calibration],
+                     [DATA, variant(student)], [variant(f"{student}_ptq_int8")])
+               for student in ("student_vanilla_kd", "student_intermediate_kd")]
     variant_outputs = [out for s in stages for out in s.outputs if out.startswith("checkpoints/")]
     stages += [
         Stage("benchmark", "fincompress.evaluation.benchmark", bench, variant_outputs,
