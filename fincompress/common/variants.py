@@ -346,7 +346,7 @@ class TorchPredictor(Predictor):
 class OnnxPredictor(Predictor):
     runtime = "onnxruntime"
 
-    def __init__(self, folder: Path, info: dict, onnx_path: Path, threads: int | None = None):
+    def __init__(self, folder: Path, info: dict, onnx_path: Path, threads: int | None = None, spinning: bool = True):
         import onnxruntime as ort
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -356,6 +356,8 @@ class OnnxPredictor(Predictor):
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not spinning:  # idle ORT workers otherwise spin and steal the CPU from the next model timed
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -391,11 +393,14 @@ def variant_runtimes(folder: Path) -> list[str]:
     return ["onnxruntime"] if read_info(folder).get("format") == "onnx" else ["torch", "onnxruntime"]
 
 
-def load_variant(path: str | os.PathLike, runtime: str | None = None, threads: int | None = None) -> Predictor:
+def load_variant(path: str | os.PathLike, runtime: str | None = None, threads: int | None = None,
+                 ort_spinning: bool = True) -> Predictor:
     """The one loader: a variant folder as a Predictor (texts -> probabilities).
 
     runtime: None picks the variant's native runtime (torch for FP32, onnxruntime for ONNX
     artifacts); "onnxruntime" on an FP32 variant exports it to ONNX first (cached).
+    ort_spinning=False stops idle ONNX Runtime threads from spinning (fair timing of several models
+    in one process).
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -412,4 +417,4 @@ def load_variant(path: str | os.PathLike, runtime: str | None = None, threads: i
     onnx_path = folder / ONNX_FILE if info.get("format") == "onnx" else ensure_onnx_export(folder)
     if not onnx_path.is_file():
         raise FinCompressError(f"{folder}: {ONNX_FILE} is missing; re-create the variant")
-    return OnnxPredictor(folder, info, onnx_path, threads)
+    return OnnxPredictor(folder, info, onnx_path, threads, spinning=ort_spinning)

@@ -8,8 +8,10 @@ Writes <root>/results/benchmark_results.csv (one row per variant and runtime) an
 
 Latency is the model call alone on pre-tokenized inputs (tokenization is the same for every
 variant). Batch-1 latency: `--num-runs` timed calls after `--warmup`, each on a real test
-sentence; variants are interleaved and their order rotated every repetition so machine drift
-does not favour one. Throughput: batch-32 calls, interleaved the same way.
+sentence; within a runtime, variants are interleaved and their order rotated every repetition so
+machine drift does not favour one; runtimes are timed one after the other, with ONNX Runtime's
+idle-thread spinning off, so one runtime's thread pool never steals the cores from another's.
+Throughput: batch-32 calls, interleaved the same way.
 `speedup_vs_teacher` compares with the FP32 teacher in PyTorch eager (what a user starts from);
 `speedup_vs_teacher_same_runtime` with the teacher in the row's runtime.
 """
@@ -93,7 +95,7 @@ def load_predictors(root: Path, names: list[str], runtimes: list[str], threads: 
         folder = checkpoints_dir(root) / name
         for runtime in variant_runtimes(folder):
             if runtime in runtimes:
-                predictors.append(load_variant(folder, runtime=runtime, threads=threads))
+                predictors.append(load_variant(folder, runtime=runtime, threads=threads, ort_spinning=False))
     return predictors
 
 
@@ -130,8 +132,19 @@ def benchmark(root: Path, names: list[str], runtimes: list[str], threads: int, n
     batch = CONFIG["throughput_batch"]
     batches = [[p.encode(texts[i:i + batch]) for i in range(0, max(1, len(texts) - batch + 1), batch)][:throughput_runs]
                for p in predictors]
-    latency = interleaved_timings(predictors, singles, warmup, num_runs, "batch-1 latency")
-    throughput = interleaved_timings(predictors, batches, min(2, warmup), throughput_runs, "batch-32 throughput")
+    # Interleave within a runtime, one runtime after the other: PyTorch's OpenMP workers and ORT's
+    # thread pool never share the cores while either is being timed.
+    latency: list[list[float]] = [[] for _ in predictors]
+    throughput: list[list[float]] = [[] for _ in predictors]
+    for runtime in dict.fromkeys(p.runtime for p in predictors):
+        group = [i for i, p in enumerate(predictors) if p.runtime == runtime]
+        members = [predictors[i] for i in group]
+        for i, lat in zip(group, interleaved_timings(members, [singles[i] for i in group], warmup, num_runs,
+                                                     f"batch-1 latency ({runtime})")):
+            latency[i] = lat
+        for i, thr in zip(group, interleaved_timings(members, [batches[i] for i in group], min(2, warmup),
+                                                     throughput_runs, f"batch-32 throughput ({runtime})")):
+            throughput[i] = thr
     for row, lat, thr, enc in zip(rows, latency, throughput, batches):
         row["cpu_latency_ms_median"] = float(np.median(lat))
         row["cpu_latency_ms_p95"] = float(np.percentile(lat, 95))
