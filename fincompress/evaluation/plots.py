@@ -73,7 +73,7 @@ def plot_pareto(frame: pd.DataFrame, path: Path) -> Path:
             label="Pareto frontier")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel("batch-1 CPU latency, median (ms, log scale)")
     ax.set_ylabel("test macro F1 (%)")
     ax.set_title("Accuracy vs latency (bubble area = model size on disk)")
