@@ -99,10 +99,14 @@ def plot_size_latency(frame: pd.DataFrame, path: Path) -> Path:
 def plot_pruning_curve(curve: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = "heads_removed_fraction" if "heads_removed_fraction" in curve else curve.columns[0]
-    group = [c for c in ("importance", "recovered", "source") if c in curve]
-    for key, part in curve.groupby(group) if group else [("curve", curve)]:
+    # One line per run (the one-shot curve, each prune+recover run), split before / after recovery.
+    group = [c for c in ("run", "recovered") if c in curve]
+    for key, part in curve.groupby(group) if group else [(("curve",), curve)]:
+        run, recovered = (tuple(key) + (False,))[:2]
         part = part.sort_values(x)
-        ax.plot(100 * part[x], 100 * part["val_macro_f1"], marker="o", label=str(key))
+        style = "-" if recovered else ":"
+        label = f"{run}, after recovery" if recovered else f"{run}, no recovery"
+        ax.plot(100 * part[x], 100 * part["val_macro_f1"], style, marker="o", label=label)
     ax.set_xlabel("attention heads removed (%)")
     ax.set_ylabel("validation macro F1 (%)")
     ax.set_title("Pruning: the accuracy cliff")
