@@ -62,7 +62,8 @@ def test_up_to_date_stages_are_skipped_and_stale_ones_rerun(smoke_root, tmp_path
 
 
 def test_a_failing_stage_is_named_with_the_command_to_rerun(tmp_path):
-    with pytest.raises(FinCompressError, match=r"stage 'teacher' failed .*python -m fincompress.teacher.train_teacher"):
+    rerun_hint = r"(?s)stage 'teacher' failed .*python -m fincompress.teacher.train_teacher"
+    with pytest.raises(FinCompressError, match=rerun_hint):
         pipeline.run_pipeline("smoke", tmp_path, stages="teacher")  # no data prepared
     with pytest.raises(FinCompressError, match="unknown stage"):
         pipeline.run_pipeline("smoke", tmp_path, stages="distil")
