@@ -105,7 +105,7 @@ def build_stages(preset: str, model: str | None = None, data_dir: Path | None = 
               [DATA, teacher], [variant("teacher_ptq_int8")]),
         Stage("teacher_dynamic_int8", "fincompress.quantization.ptq", ["--source", "teacher", "--method", "dynamic"],
               [DATA, teacher], [variant("teacher_dynamic_int8")]),
-        Stage("teacher_qat_int8", "fincompress.quantization.qat", ["--source", "teacher", *calibration, *qat_args],
+        Stage("teacher_qat_int8", "fincompress.quantization.qat", ["--source", "teacher", *qat_args],
               [DATA, teacher], [variant("teacher_qat_int8")]),
         Stage("pruned_30pct", "fincompress.pruning.prune_finetune", ["--target", "0.3", *prune_args],
               [DATA, teacher], [variant("pruned_30pct")]),
