@@ -9,8 +9,9 @@ from transformers import BertForSequenceClassification
 
 from conftest import save_tiny_model, tiny_bert_config
 from fincompress.common import cli, losses
+from fincompress.common.loader import load_fp32_model, load_variant
 from fincompress.common.paths import FinCompressError
-from fincompress.common.variants import load_fp32_model, load_variant, save_fp32_variant
+from fincompress.common.variants import save_fp32_variant
 from fincompress.distillation import intermediate_distillation, kd, soft_label_distillation
 from fincompress.distillation.intermediate_distillation import HiddenProjections, attention_loss, hidden_state_loss
 from fincompress.distillation.student_architecture import StudentSpec, build_student, layer_map

@@ -9,8 +9,9 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 from conftest import FINBERT_SHAPE, tiny_bert_config
 from fincompress.common import cli
 from fincompress.common.data import make_loader
+from fincompress.common.loader import load_fp32_model, load_variant
 from fincompress.common.paths import FinCompressError
-from fincompress.common.variants import count_parameters, load_fp32_model, load_variant, save_fp32_variant
+from fincompress.common.variants import count_parameters, save_fp32_variant
 from fincompress.pruning import prune_finetune
 from fincompress.pruning.structured_pruning import (
     attention_parameter_count,

@@ -15,8 +15,9 @@ from onnx import numpy_helper
 from conftest import REPO
 from fincompress.common import cli
 from fincompress.common.data import read_split
+from fincompress.common.loader import load_fp32_model, load_variant
 from fincompress.common.paths import FinCompressError
-from fincompress.common.variants import load_fp32_model, load_variant, read_info, save_variant
+from fincompress.common.variants import read_info, save_variant
 from fincompress.quantization import ptq, qat
 from fincompress.quantization.fake_quant import (
     ActivationObserver,

@@ -9,9 +9,10 @@ import torch
 
 from conftest import REPO, save_tiny_model
 from fincompress.common.data import make_loader
+from fincompress.common.loader import load_fp32_model, load_variant
 from fincompress.common.paths import FinCompressError
 from fincompress.common.training import TrainConfig, evaluate_model, fit
-from fincompress.common.variants import INFO_FIELDS, load_fp32_model, load_variant
+from fincompress.common.variants import INFO_FIELDS
 
 
 def test_teacher_variant_is_complete(trained_root):
@@ -31,7 +32,7 @@ def test_teacher_variant_is_complete(trained_root):
 
 def test_fit_learns_and_keeps_the_best_epoch(tmp_path, tiny_model_dir):
     """A separable toy task: the loop must learn it (loss and F1) and restore the best epoch's weights."""
-    from fincompress.common.variants import load_pretrained_classifier
+    from fincompress.common.hub_models import load_pretrained_classifier
 
     model, tokenizer = load_pretrained_classifier(str(tiny_model_dir))
     words = {0: "loss plunge", 1: "meeting held", 2: "profit surge"}

@@ -6,17 +6,14 @@ import torch
 from transformers import AutoConfig, BertForSequenceClassification
 
 from conftest import FINBERT_SHAPE, save_tiny_model, tiny_bert_config
-from fincompress.common.paths import LABELS, FinCompressError
-from fincompress.common.variants import (
-    fit_linear_shapes,
-    load_fp32_model,
+from fincompress.common.hub_models import (
     load_pretrained_classifier,
-    load_variant,
     project_order,
     reorder_classifier_to_project_labels,
-    save_fp32_variant,
-    save_variant,
 )
+from fincompress.common.loader import fit_linear_shapes, load_fp32_model, load_variant
+from fincompress.common.paths import LABELS, FinCompressError
+from fincompress.common.variants import save_fp32_variant, save_variant
 
 INPUTS = {"input_ids": torch.tensor([[101, 7592, 2088, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
 

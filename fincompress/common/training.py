@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers import set_seed as _set_seed
 
+from fincompress.common import cli
 from fincompress.common.data import model_inputs
 from fincompress.common.metrics import classification_metrics
 from fincompress.common.paths import logs_dir
@@ -61,18 +62,20 @@ def set_seed(seed: int) -> None:
 
 def add_train_arguments(parser, defaults: TrainConfig) -> None:
     """The optimisation flags every training stage exposes, with that stage's defaults."""
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the training set")
-    parser.add_argument("--max-steps", type=int, default=defaults.max_steps,
+    parser.add_argument("--epochs", type=cli.positive_int, default=defaults.epochs, help="passes over the training set")
+    parser.add_argument("--max-steps", type=cli.positive_int, default=defaults.max_steps,
                         help="stop after this many optimiser steps (smoke runs); default: all epochs")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch size per process")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
-    parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction,
+    parser.add_argument("--batch-size", type=cli.positive_int, default=defaults.batch_size,
+                        help="training batch size per process")
+    parser.add_argument("--lr", type=cli.positive_float, default=defaults.lr, help="peak AdamW learning rate")
+    parser.add_argument("--weight-decay", type=cli.non_negative_float, default=defaults.weight_decay,
+                        help="AdamW weight decay")
+    parser.add_argument("--warmup-fraction", type=cli.fraction, default=defaults.warmup_fraction,
                         help="share of steps with linear warm-up (then linear decay to 0)")
-    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="max gradient L2 norm")
-    parser.add_argument("--patience", type=int, default=defaults.patience,
+    parser.add_argument("--grad-clip", type=cli.positive_float, default=defaults.grad_clip, help="max gradient L2 norm")
+    parser.add_argument("--patience", type=cli.positive_int, default=defaults.patience,
                         help="epochs without val macro-F1 gain before early stopping")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
+    parser.add_argument("--seed", type=cli.non_negative_int, default=defaults.seed, help="random seed")
 
 
 def train_config_from_args(args) -> TrainConfig:

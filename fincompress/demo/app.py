@@ -31,6 +31,7 @@ from scipy.special import softmax
 
 from fincompress.common import cli
 from fincompress.common.data import read_split
+from fincompress.common.loader import Predictor, load_variant, variant_runtimes
 from fincompress.common.paths import (
     LABELS,
     FinCompressError,
@@ -39,7 +40,7 @@ from fincompress.common.paths import (
     project_root,
     results_dir,
 )
-from fincompress.common.variants import Predictor, list_variants, load_variant, select_variants, variant_runtimes
+from fincompress.common.variants import list_variants, select_variants
 
 log = logging.getLogger("fincompress.demo")
 

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fincompress.common.data import MAX_LENGTH, data_fingerprint, make_loader, model_inputs, read_split, split_loader
+from fincompress.common.loader import load_fp32_model
 from fincompress.common.losses import UNLABELLED, prediction_loss
 from fincompress.common.paths import (
     REPO_ROOT,
@@ -48,7 +49,7 @@ from fincompress.common.training import (
     predict_logits,
     train_config_from_args,
 )
-from fincompress.common.variants import load_fp32_model, read_info, save_fp32_variant
+from fincompress.common.variants import read_info, save_fp32_variant
 from fincompress.data.prepare_dataset import find_phrasebank_file, normalise_text, parse_phrasebank_file
 from fincompress.distillation.student_architecture import (
     add_student_arguments,

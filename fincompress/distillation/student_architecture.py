@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from torch import nn
 from transformers import AutoModel, BertForSequenceClassification, PretrainedConfig, PreTrainedModel
 
+from fincompress.common.hub_models import set_project_labels
 from fincompress.common.paths import FinCompressError
-from fincompress.common.variants import set_project_labels
 
 DEFAULT_PRETRAINED = "nreimers/MiniLM-L6-H384-uncased"
 OFFLINE_PRETRAINED = "../shared/models/all-MiniLM-L6-v2"

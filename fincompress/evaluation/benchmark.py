@@ -33,9 +33,10 @@ from tqdm.auto import tqdm
 
 from fincompress.common import cli
 from fincompress.common.data import read_split
+from fincompress.common.loader import Predictor, load_variant, variant_runtimes
 from fincompress.common.metrics import metrics_from_probabilities
 from fincompress.common.paths import FinCompressError, add_root_argument, checkpoints_dir, project_root, results_dir
-from fincompress.common.variants import Predictor, load_variant, read_info, select_variants, variant_runtimes
+from fincompress.common.variants import read_info, select_variants
 
 log = logging.getLogger("fincompress.benchmark")
 

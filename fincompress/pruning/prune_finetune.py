@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from fincompress.common import cli
 from fincompress.common.data import data_fingerprint, make_loader, model_inputs, read_split
+from fincompress.common.loader import load_fp32_model
 from fincompress.common.losses import prediction_loss
 from fincompress.common.paths import FinCompressError, add_root_argument, project_root, results_dir, variant_dir
 from fincompress.common.training import (
@@ -53,7 +54,7 @@ from fincompress.common.training import (
     predict_logits,
     train_config_from_args,
 )
-from fincompress.common.variants import count_parameters, load_fp32_model, read_info, save_fp32_variant
+from fincompress.common.variants import count_parameters, read_info, save_fp32_variant
 from fincompress.pruning.structured_pruning import (
     IMPORTANCE_METHODS,
     attention_parameter_count,

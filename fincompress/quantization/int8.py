@@ -45,17 +45,11 @@ from onnxruntime.quantization import (
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from fincompress.common.data import MAX_LENGTH, data_fingerprint, read_split
+from fincompress.common.hub_models import set_project_labels
+from fincompress.common.loader import ONNX_INPUTS, export_onnx, load_fp32_model
 from fincompress.common.metrics import classification_metrics
 from fincompress.common.paths import FinCompressError, variant_dir
-from fincompress.common.variants import (
-    ONNX_FILE,
-    ONNX_INPUTS,
-    export_onnx,
-    load_fp32_model,
-    read_info,
-    save_variant,
-    set_project_labels,
-)
+from fincompress.common.variants import ONNX_FILE, read_info, save_variant
 from fincompress.quantization.fake_quant import int8_weight_range
 
 log = logging.getLogger("fincompress.quantization")

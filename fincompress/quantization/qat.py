@@ -33,9 +33,10 @@ from torch import nn
 
 from fincompress.common import cli
 from fincompress.common.data import split_loader
+from fincompress.common.loader import load_fp32_model
 from fincompress.common.paths import FinCompressError, add_root_argument, project_root
 from fincompress.common.training import TrainConfig, add_train_arguments, describe, fit, train_config_from_args
-from fincompress.common.variants import count_parameters, load_fp32_model
+from fincompress.common.variants import count_parameters
 from fincompress.quantization.fake_quant import convert_qat, freeze_observers, prepare_qat
 from fincompress.quantization.int8 import (
     EMBEDDINGS,

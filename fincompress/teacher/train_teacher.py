@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from fincompress.common import cli
 from fincompress.common.data import data_fingerprint, split_loader
+from fincompress.common.hub_models import load_pretrained_classifier, set_project_labels
 from fincompress.common.paths import FinCompressError, add_root_argument, project_root, variant_dir
 from fincompress.common.training import (
     TrainConfig,
@@ -30,7 +31,7 @@ from fincompress.common.training import (
     fit,
     train_config_from_args,
 )
-from fincompress.common.variants import load_pretrained_classifier, save_fp32_variant, set_project_labels
+from fincompress.common.variants import save_fp32_variant
 
 log = logging.getLogger("fincompress.train_teacher")
 

@@ -1,0 +1,243 @@
+"""The one loader: any variant folder as a `Predictor` (texts -> class probabilities).
+
+An FP32 variant runs in PyTorch (its Linear shapes rebuilt from the saved weights, so pruned
+models with uneven heads load) or, exported once to ONNX, in ONNX Runtime; an ONNX artifact
+(INT8) runs in ONNX Runtime. The benchmark, the INT8 stages, the notebooks and the demo all use it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from fincompress.common.data import MAX_LENGTH
+from fincompress.common.hub_models import project_order, reorder_classifier_to_project_labels
+from fincompress.common.paths import LABELS, FinCompressError
+from fincompress.common.variants import ONNX_FILE, read_info
+
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+# ----------------------------------------------------------------------------- loading FP32
+
+def fit_linear_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Replace every nn.Linear whose saved weight is smaller (pruned) by one of the saved shape.
+
+    Attention modules get their head count from the new query width, so a model with uneven
+    heads per layer (or pruned FFN neurons) rebuilds exactly before its weights are loaded.
+    """
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        saved = state_dict.get(f"{name}.weight")
+        if saved is None or tuple(saved.shape) == tuple(module.weight.shape):
+            continue
+        out_features, in_features = saved.shape
+        replacement = nn.Linear(in_features, out_features, bias=module.bias is not None,
+                                dtype=module.weight.dtype)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, replacement)
+    for module in model.modules():
+        if hasattr(module, "attention_head_size") and hasattr(module, "query"):
+            module.num_attention_heads = module.query.out_features // module.attention_head_size
+            module.all_head_size = module.query.out_features
+
+
+def load_fp32_model(folder: Path, attn_implementation: str | None = None
+                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load an FP32 variant folder (any head/FFN shapes) as a transformers model in eval mode."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise FinCompressError(f"{folder}: model.safetensors is missing; not an FP32 variant")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        if attn_implementation:
+            config._attn_implementation = attn_implementation
+        state_dict = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise FinCompressError(f"{folder}: cannot read the checkpoint ({exc}); re-create the variant") from exc
+    model = AutoModelForSequenceClassification.from_config(config)
+    fit_linear_shapes(model, state_dict)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise FinCompressError(f"{folder}: weights do not match the config (missing {missing[:3]}, "
+                               f"unexpected {unexpected[:3]})")
+    reorder_classifier_to_project_labels(model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return model.eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+def export_onnx(model: PreTrainedModel, path: Path) -> Path:
+    """Export a BERT classifier to ONNX (dynamic batch and sequence) with the dynamo exporter."""
+    import logging
+    import warnings
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    example = {k: torch.ones(2, 16, dtype=torch.long) for k in ONNX_INPUTS}
+    example["token_type_ids"].zero_()
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (), str(tmp), kwargs=example, input_names=list(ONNX_INPUTS),
+                          output_names=["logits"], dynamic_shapes={k: {0: batch, 1: seq} for k in ONNX_INPUTS},
+                          dynamo=True, external_data=False, verbose=False)
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- the one loader
+
+class Predictor:
+    """Maps texts to class probabilities in project order, whatever the variant is.
+
+    `encode` tokenizes (numpy int64 arrays); `logits` runs the model on an encoded batch (the
+    part the benchmark times); `predict_proba` does both in batches.
+    """
+
+    runtime: str
+
+    def __init__(self, folder: Path, tokenizer: PreTrainedTokenizerBase, info: dict, max_length: int = MAX_LENGTH):
+        self.folder = Path(folder)
+        self.name = self.folder.name
+        self.tokenizer = tokenizer
+        self.info = info
+        self.max_length = max_length
+
+    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        texts = list(texts)
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise FinCompressError("every text must be a non-empty string")
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True,
+                                 return_tensors="np", return_token_type_ids=True)
+        return {k: encoded[k].astype(np.int64) for k in ONNX_INPUTS}
+
+    def logits(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        texts = list(texts)
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            logits = self.logits(self.encode(texts[start:start + batch_size]))
+            chunks.append(_softmax(logits))
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(LABELS)), dtype=np.float32)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+class TorchPredictor(Predictor):
+    runtime = "torch"
+
+    def __init__(self, folder: Path, info: dict, attn_implementation: str | None = None):
+        model, tokenizer = load_fp32_model(folder, attn_implementation)
+        super().__init__(folder, tokenizer, info)
+        self.model = model
+
+    @torch.inference_mode()
+    def logits(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = {k: torch.from_numpy(v) for k, v in encoded.items()}
+        return self.model(**inputs).logits.float().numpy()
+
+
+class OnnxPredictor(Predictor):
+    runtime = "onnxruntime"
+
+    def __init__(self, folder: Path, info: dict, onnx_path: Path, threads: int | None = None, spinning: bool = True):
+        import onnxruntime as ort
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        super().__init__(folder, tokenizer, info)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        if not spinning:  # idle ORT workers otherwise spin and steal the CPU from the next model timed
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise FinCompressError(f"{onnx_path}: cannot open the ONNX model ({exc}); re-create the variant") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        config_path = Path(folder) / "config.json"
+        order = project_order(AutoConfig.from_pretrained(folder)) if config_path.is_file() else None
+        self.order = order if order and order != list(range(len(LABELS))) else None
+
+    def logits(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        outputs = self.session.run(None, {k: encoded[k] for k in self.input_names})[0]
+        return outputs[:, self.order] if self.order else outputs
+
+
+def onnx_cache_path(folder: Path) -> Path:
+    """Where the FP32 ONNX export of an FP32 variant is cached (beside its weights)."""
+    return Path(folder) / "onnx" / ONNX_FILE
+
+
+def ensure_onnx_export(folder: Path) -> Path:
+    """Export an FP32 variant to ONNX once; re-export if the weights are newer than the export."""
+    folder = Path(folder)
+    path = onnx_cache_path(folder)
+    weights = folder / "model.safetensors"
+    if not path.is_file() or path.stat().st_mtime < weights.stat().st_mtime:
+        model, _ = load_fp32_model(folder)
+        export_onnx(model, path)
+    return path
+
+
+def variant_runtimes(folder: Path) -> list[str]:
+    """Runtimes a variant can be measured in: FP32 in both, an ONNX artifact only in ORT."""
+    return ["onnxruntime"] if read_info(folder).get("format") == "onnx" else ["torch", "onnxruntime"]
+
+
+def load_variant(path: str | os.PathLike, runtime: str | None = None, threads: int | None = None,
+                 ort_spinning: bool = True) -> Predictor:
+    """The one loader: a variant folder as a Predictor (texts -> probabilities).
+
+    runtime: None picks the variant's native runtime (torch for FP32, onnxruntime for ONNX
+    artifacts); "onnxruntime" on an FP32 variant exports it to ONNX first (cached).
+    ort_spinning=False stops idle ONNX Runtime threads from spinning (fair timing of several models
+    in one process).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FinCompressError(f"variant folder {folder} does not exist")
+    info = read_info(folder)
+    runtimes = variant_runtimes(folder)
+    runtime = runtime or runtimes[0]
+    if runtime not in runtimes:
+        raise FinCompressError(f"{folder.name} ({info.get('format')}) cannot run in {runtime}; it runs in {runtimes}")
+    if runtime == "torch":
+        if threads:
+            torch.set_num_threads(threads)
+        return TorchPredictor(folder, info)
+    onnx_path = folder / ONNX_FILE if info.get("format") == "onnx" else ensure_onnx_export(folder)
+    if not onnx_path.is_file():
+        raise FinCompressError(f"{folder}: {ONNX_FILE} is missing; re-create the variant")
+    return OnnxPredictor(folder, info, onnx_path, threads, spinning=ort_spinning)
