@@ -56,6 +56,13 @@ class FitResult:
     log_path: Path | None = None
 
 
+def planned_steps(config: TrainConfig, batches_per_epoch: int, num_processes: int = 1) -> int:
+    """Optimiser steps a run will make: every process takes its share of each epoch's batches."""
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / num_processes))
+    total = config.epochs * steps_per_epoch
+    return min(total, config.max_steps) if config.max_steps is not None else total
+
+
 def set_seed(seed: int) -> None:
     _set_seed(seed)
 
@@ -155,10 +162,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, conf
     optimizer = torch.optim.AdamW(
         [{"params": [p for p in params if id(p) not in no_decay], "weight_decay": config.weight_decay},
          {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}], lr=config.lr)
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / accelerator.num_processes))
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    total_steps = planned_steps(config, len(train_loader), accelerator.num_processes)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
     extras.to(accelerator.device)  # not DDP-wrapped: their grads are averaged by hand below
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(

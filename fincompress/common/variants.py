@@ -125,3 +125,20 @@ def select_variants(root: Path, names: str | None) -> list[str]:
     if missing:
         raise FinCompressError(f"unknown variant(s) {missing}; available: {available}")
     return chosen
+
+
+def fp32_variant_dir(root: Path, name: str, role: str = "source") -> Path:
+    """The folder of FP32 (PyTorch) variant `name` under root, or a clear error saying what to do.
+
+    `role` names what the stage uses it for ("source", "teacher") in the message.
+    """
+    folder = Path(root) / "checkpoints" / name
+    if not folder.is_dir():
+        hint = ("train it first: python -m fincompress.teacher.train_teacher" if name == "teacher"
+                else "create it first, or pass the name of an existing FP32 variant")
+        raise FinCompressError(f"{role} variant {name!r} not found at {folder}: {hint} (--root {root})")
+    info = read_info(folder)
+    if info.get("format", "pytorch") != "pytorch" or not (folder / "model.safetensors").is_file():
+        raise FinCompressError(f"{role} variant {name!r} is {info.get('format')!r}, not an FP32 PyTorch "
+                               "checkpoint: use the FP32 model it was made from instead")
+    return folder

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -27,87 +26,31 @@ from sklearn.model_selection import train_test_split
 
 from fincompress.common import cli
 from fincompress.common.data import DATASET_INFO, SPLITS, compute_fingerprint, split_path
-from fincompress.common.paths import LABEL2ID, LABELS, FinCompressError, add_root_argument, data_dir, project_root
+from fincompress.common.paths import LABELS, FinCompressError, add_root_argument, data_dir, project_root
+from fincompress.common.raw_data import (
+    AGREEMENT_FILES,
+    FIQA_FILES,
+    FIQA_THRESHOLD,
+    find_phrasebank_file,
+    normalise_text,
+    parse_fiqa_file,
+    parse_phrasebank_file,
+    score_to_label,
+)
 
 log = logging.getLogger("fincompress.prepare_dataset")
 
 CONFIG = {
     "agreement": "all",
-    "fiqa_threshold": 0.1,
+    "fiqa_threshold": FIQA_THRESHOLD,
     "split": (0.70, 0.15, 0.15),
     "seed": 42,
     # Hub copies of the two datasets (what users with internet get).
     "hub_phrasebank": "takala/financial_phrasebank",
     "hub_fiqa": "TheFinAI/fiqa-sentiment-classification",
 }
-AGREEMENT_FILES = {"all": "AllAgree", "75": "75Agree", "66": "66Agree", "50": "50Agree"}
-FIQA_FILES = ("task1_headline_ABSA_train.json", "task1_post_ABSA_train.json")
 LOCAL_HINT = ("--source local --phrasebank-dir ../shared/data/financial_phrasebank "
               "--fiqa-dir ../shared/data/fiqa_2018")
-
-
-def normalise_text(text: str) -> str:
-    return re.sub(r"\s+", " ", str(text)).strip()
-
-
-def score_to_label(score: float, threshold: float = CONFIG["fiqa_threshold"]) -> int:
-    if score > threshold:
-        return LABEL2ID["positive"]
-    if score < -threshold:
-        return LABEL2ID["negative"]
-    return LABEL2ID["neutral"]
-
-
-# ----------------------------------------------------------------------------- local files
-
-def find_phrasebank_file(directory: Path, agreement: str) -> Path:
-    name = f"Sentences_{AGREEMENT_FILES[agreement]}.txt"
-    matches = sorted(Path(directory).rglob(name))
-    if not matches:
-        raise FinCompressError(f"{name} not found under {directory} (expected the Financial PhraseBank v1.0 "
-                               f"release, e.g. ../shared/data/financial_phrasebank)")
-    return matches[0]
-
-
-def parse_phrasebank_file(path: Path) -> pd.DataFrame:
-    """`sentence@label` lines, latin-1; a malformed line or unknown label names file and line."""
-    rows = []
-    for number, line in enumerate(Path(path).read_bytes().decode("latin-1").splitlines(), start=1):
-        if not line.strip():
-            continue
-        if "@" not in line:
-            raise FinCompressError(f"{path}, line {number}: no '@' separating sentence and label: {line[:80]!r}")
-        sentence, label = line.rsplit("@", 1)
-        label = label.strip().lower()
-        if label not in LABEL2ID:
-            raise FinCompressError(f"{path}, line {number}: unknown label {label!r} (expected one of {list(LABELS)})")
-        rows.append({"text": sentence, "label": LABEL2ID[label], "source": "phrasebank"})
-    return pd.DataFrame(rows, columns=["text", "label", "source"])
-
-
-def parse_fiqa_file(path: Path, threshold: float = CONFIG["fiqa_threshold"]) -> pd.DataFrame:
-    """FiQA task-1 JSON: one row per sentence, label from the mean score of its targets."""
-    path = Path(path)
-    if not path.is_file():
-        raise FinCompressError(f"{path} not found (expected FiQA-2018 task 1, e.g. ../shared/data/fiqa_2018)")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise FinCompressError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from exc
-    source = "fiqa_headline" if "headline" in path.name else "fiqa_post"
-    rows = []
-    for key, record in records.items():
-        try:
-            scores = [float(entry["sentiment_score"]) for entry in record["info"]]
-            sentence = record["sentence"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FinCompressError(f"{path}, record {key!r}: missing or non-numeric sentiment_score/sentence "
-                                   f"({exc})") from exc
-        if not scores:
-            raise FinCompressError(f"{path}, record {key!r}: no target entries")
-        rows.append({"text": sentence, "label": score_to_label(sum(scores) / len(scores), threshold),
-                     "source": source})
-    return pd.DataFrame(rows, columns=["text", "label", "source"])
 
 
 def load_local(phrasebank_dir: Path, fiqa_dir: Path, agreement: str) -> pd.DataFrame:

@@ -40,6 +40,7 @@ from fincompress.common.paths import (
     results_dir,
     variant_dir,
 )
+from fincompress.common.raw_data import find_phrasebank_file, normalise_text, parse_phrasebank_file
 from fincompress.common.training import (
     FitResult,
     TrainConfig,
@@ -50,7 +51,6 @@ from fincompress.common.training import (
     train_config_from_args,
 )
 from fincompress.common.variants import read_info, save_fp32_variant
-from fincompress.data.prepare_dataset import find_phrasebank_file, normalise_text, parse_phrasebank_file
 from fincompress.distillation.student_architecture import (
     add_student_arguments,
     build_student,
