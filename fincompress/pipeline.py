@@ -1,20 +1,28 @@
 """The whole study in one command: every stage in order, skipping what is up to date.
 
-Reads  whatever the stages read (the datasets, `--model`), under one project root.
-Writes every variant in checkpoints/, results/benchmark_results.csv/.json, results/plots/, and a
-       stamp per finished stage in <root>/.cache/pipeline/<stage>.json (its command and the
-       signatures of its inputs).
+Reads  whatever the stages read (the datasets, the teacher model), under one project root, with the
+       settings of `configs/<preset>/<stage>.json` (one readable file per preset and stage).
+Writes every variant in checkpoints/, results/benchmark_results.csv/.json, results/plots/, and a stamp
+       per finished stage in <root>/.cache/pipeline/<stage>.json (its command, its config and the
+       signatures of its inputs). With --seeds, extra runs of the training-based stages in
+       <root>/seeds/seed<k>/ and results/seed_results.csv / seed_summary.csv.
 
-A stage is skipped when its outputs exist and its command and inputs are unchanged since it last
-ran; `--force` re-runs everything. Each stage runs as its own `python -m` process (stages meet
+A stage is skipped when its outputs exist and its command, config and inputs are unchanged since it
+last ran; `--force` re-runs everything. Each stage runs as its own `python -m` process (stages meet
 through files), so a failing stage stops the run with its name and the command to re-run it.
 
-Presets:
-  smoke    tiny and fast (CI, notebooks on CPU): a few steps per stage, local data and models.
-  offline  the full reference study here: local data (--data-dir) and a local teacher (--model,
-           the MiniLM-L6-H384 stand-in; see the README for why).
-  finbert  the real study (default for users with a GPU and the Hub): ProsusAI/finbert and the Hub
-           datasets.
+Presets (configs/<preset>/):
+  smoke    tiny and fast (CI, notebooks on CPU): a few steps per stage, a tenth of the offline data.
+  offline  the reference study on CPU: the release files of the datasets and the all-MiniLM-L6-v2
+           stand-in teacher (from the assets folder: see `python -m fincompress.assets`).
+  finbert  the real study (GPU): ProsusAI/finbert and the Hub's copies of the datasets.
+
+Seeds: `--seeds 0,1,2` re-trains every training-based variant (students, QAT, pruned, and the stacked
+INT8 students) once per seed against the one canonical teacher, each seed in its own project root
+<root>/seeds/seed<k>/ (its data and teacher are links to the canonical ones), so the canonical
+variant names in <root>/checkpoints/ stay what every other stage, the demo and the notebooks use.
+`--teacher-seeds 0,1,2` measures the teacher's own spread (<root>/seeds/teacher_seed<k>/).
+`--quick` caps every stage at the smoke preset's budget: it checks a preset's commands end to end.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,104 +38,173 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fincompress.common import cli
+from fincompress.common.io import atomic_write_text
 from fincompress.common.paths import REPO_ROOT, FinCompressError, add_root_argument, project_root
 
-SHARED = REPO_ROOT.parent / "shared"
+CONFIGS = REPO_ROOT / "configs"
 PRESETS = ("smoke", "offline", "finbert")
-STUDENT_384 = ["--student-hidden", "384", "--student-heads", "12", "--student-ffn", "1536"]
-
-
-@dataclass
-class Stage:
-    """One `python -m module args...` step with the files it reads and writes (relative to root)."""
-
-    name: str
-    module: str
-    args: list[str]
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
+DATA = "data/dataset_info.json"
+SEEDS_FOLDER = "seeds"
+# Settings that only set how much work a stage does: `--quick` takes these from the smoke preset.
+BUDGET_KEYS = ("max_steps", "batch_size", "sample_fraction", "calibration_samples", "observer_warmup_steps",
+               "rounds", "curve_targets", "max_val_samples", "num_runs", "warmup", "throughput_runs",
+               "max_test_samples", "transfer_size")
 
 
 def variant(name: str) -> str:
     return f"checkpoints/{name}"
 
 
-DATA = "data/dataset_info.json"
+@dataclass
+class Stage:
+    """One `python -m module --config FILE args...` step and the files it reads and writes (relative to root)."""
+
+    name: str
+    module: str
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    seeded: bool = False  # trained with a seed: re-run once per --seeds value
+    config: Path | None = None
+    args: list[str] = field(default_factory=list)
+    root: Path | None = None  # None: the pipeline's root; else a seed run's own root
+
+    @property
+    def label(self) -> str:
+        return self.name if self.root is None else f"{self.name} [{self.root.name}]"
 
 
-def build_stages(preset: str, model: str | None = None, data_dir: Path | None = None) -> list[Stage]:
-    """The study's stages for a preset. Every knob of a preset is visible here."""
+def _stage(name: str, module: str, inputs: list[str], outputs: list[str] | None = None, seeded: bool = False) -> Stage:
+    return Stage(name, module, inputs, outputs if outputs is not None else [variant(name)], seeded)
+
+
+TEACHER = variant("teacher")
+# The study: stage, module, inputs, outputs. Every setting lives in configs/<preset>/<stage>.json.
+STUDY = [
+    _stage("data", "fincompress.data.prepare_dataset", [], [DATA]),
+    _stage("teacher", "fincompress.teacher.train_teacher", [DATA]),
+    _stage("student_vanilla_kd", "fincompress.distillation.soft_label_distillation", [DATA, TEACHER], seeded=True),
+    _stage("student_intermediate_kd", "fincompress.distillation.intermediate_distillation", [DATA, TEACHER],
+           seeded=True),
+    _stage("teacher_ptq_int8", "fincompress.quantization.ptq", [DATA, TEACHER]),
+    _stage("teacher_dynamic_int8", "fincompress.quantization.ptq", [DATA, TEACHER]),
+    _stage("teacher_qat_int8", "fincompress.quantization.qat", [DATA, TEACHER], seeded=True),
+    _stage("pruned_30pct", "fincompress.pruning.prune_finetune", [DATA, TEACHER], seeded=True),
+    _stage("pruned_50pct", "fincompress.pruning.prune_finetune", [DATA, TEACHER], seeded=True),
+    _stage("pruning_curve", "fincompress.pruning.prune_finetune", [DATA, TEACHER], ["results/pruning_curve.csv"]),
+    # Stacked rows: each KD student, then INT8.
+    _stage("student_vanilla_kd_ptq_int8", "fincompress.quantization.ptq", [DATA, variant("student_vanilla_kd")],
+           seeded=True),
+    _stage("student_intermediate_kd_ptq_int8", "fincompress.quantization.ptq",
+           [DATA, variant("student_intermediate_kd")], seeded=True),
+]
+SEED_SUMMARY = _stage("seed_summary", "fincompress.evaluation.seeds", [DATA], ["results/seed_summary.csv"])
+REPORT = [
+    _stage("benchmark", "fincompress.evaluation.benchmark", [DATA], ["results/benchmark_results.csv"]),
+    _stage("plots", "fincompress.evaluation.plots", ["results/benchmark_results.csv"], ["results/plots/pareto.png"]),
+]
+
+
+# ----------------------------------------------------------------------------- building the stage list
+
+def config_path(preset: str, stage: str) -> Path:
+    return CONFIGS / preset / f"{stage}.json"
+
+
+def read_stage_config(preset: str, stage: str) -> dict:
+    path = config_path(preset, stage)
+    return cli.read_config(path) if path.is_file() else {}
+
+
+def quick_args(preset: str, stage: str) -> list[str]:
+    """The smoke preset's budget settings for `stage`, as flags that override the preset's config."""
+    if preset == "smoke":
+        return []
+    smoke = read_stage_config("smoke", stage)
+    return [token for key in BUDGET_KEYS if key in smoke
+            for token in (f"--{key.replace('_', '-')}", str(smoke[key]))]
+
+
+def override_args(stage: str, preset: str, model: str | None, data_dir: Path | None, quick: bool) -> list[str]:
+    """Flags the pipeline's own options add to a stage's config (the command line wins over the file)."""
+    args = quick_args(preset, stage) if quick else []
+    if stage == "teacher" and model:
+        args += ["--model", str(model)]
+    if stage == "data" and data_dir is not None:
+        data_dir = Path(data_dir).expanduser().resolve()
+        args += ["--source", "local", "--phrasebank-dir", str(data_dir / "financial_phrasebank"),
+                 "--fiqa-dir", str(data_dir / "fiqa_2018")]
+    return args
+
+
+def build_stages(preset: str, model: str | None = None, data_dir: Path | None = None, *,
+                 quick: bool = False) -> list[Stage]:
+    """The study's canonical stages for a preset, each with its config file and overrides."""
     if preset not in PRESETS:
         raise FinCompressError(f"unknown preset {preset!r}; choose from {PRESETS}")
-    data_dir = Path(data_dir or SHARED / "data")
-    minilm = str(SHARED / "models" / "all-MiniLM-L6-v2")
-    smoke = preset == "smoke"
-    few = ["--max-steps", "3", "--batch-size", "16"]
-    if preset == "finbert":
-        data_args = ["--source", "hub"]
-        teacher_args = ["--model", model or "ProsusAI/finbert"]
-        # 4 x 384 student, default init: pretrained MiniLM-L6-H384 (Hub), its evenly spaced layers.
-        student = ["--student-layers", "4", *STUDENT_384]
-        vanilla_args, intermediate_args = list(student), list(student)
-        qat_args: list[str] = []
-        prune_args = ["--rounds", "3", "--distill"]
-    else:
-        data_args = ["--source", "local", "--phrasebank-dir", str(data_dir / "financial_phrasebank"),
-                     "--fiqa-dir", str(data_dir / "fiqa_2018")]
-        teacher_args = ["--model", model or minilm, "--lr", "5e-5", "--epochs", "4"]
-        # The 6 x 384 MiniLM teacher gets a 2 x 384 student (3x fewer encoder FLOPs per token), initialised
-        # from the teacher's bottom two layers (the best init in results/distillation_init_comparison.csv).
-        student = ["--student-layers", "2", *STUDENT_384, "--student-init", "teacher-layers", "--init-layer-map", "0,1"]
-        vanilla_args = [*student, "--lr", "2e-4", "--epochs", "4", "--patience", "2",
-                        "--transfer-set", "phrasebank-50agree"]
-        intermediate_args = [*student, "--lr", "2e-4", "--epochs", "6", "--patience", "3"]
-        qat_args = ["--max-steps", "24", "--observer-warmup-steps", "8"]
-        prune_args = ["--rounds", "2", "--distill"]
-    if smoke:
-        data_args += ["--sample-fraction", "0.1"]  # ~340 texts: every stage's real code path, in seconds
-        teacher_args = ["--model", model or minilm, *few]
-        student = ["--student-layers", "2", *STUDENT_384, "--student-init", f"pretrained:{minilm}"]
-        vanilla_args, intermediate_args = [*student, *few], [*student, *few]
-        qat_args = [*few, "--observer-warmup-steps", "1"]
-        prune_args = ["--rounds", "1", *few]
-    calibration = ["--calibration-samples", "32" if smoke else "256"]
-    curve_targets = "0.1,0.3,0.5,0.7" if smoke else "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
-    bench = (["--num-runs", "10", "--warmup", "2", "--throughput-runs", "2", "--max-test-samples", "64"]
-             if smoke else [])
-    teacher = variant("teacher")
-    stages = [
-        Stage("data", "fincompress.data.prepare_dataset", data_args, [], [DATA]),
-        Stage("teacher", "fincompress.teacher.train_teacher", teacher_args, [DATA], [teacher]),
-        Stage("student_vanilla_kd", "fincompress.distillation.soft_label_distillation", vanilla_args,
-              [DATA, teacher], [variant("student_vanilla_kd")]),
-        Stage("student_intermediate_kd", "fincompress.distillation.intermediate_distillation", intermediate_args,
-              [DATA, teacher], [variant("student_intermediate_kd")]),
-        Stage("teacher_ptq_int8", "fincompress.quantization.ptq", ["--source", "teacher", *calibration],
-              [DATA, teacher], [variant("teacher_ptq_int8")]),
-        Stage("teacher_dynamic_int8", "fincompress.quantization.ptq", ["--source", "teacher", "--method", "dynamic"],
-              [DATA, teacher], [variant("teacher_dynamic_int8")]),
-        Stage("teacher_qat_int8", "fincompress.quantization.qat", ["--source", "teacher", *qat_args],
-              [DATA, teacher], [variant("teacher_qat_int8")]),
-        Stage("pruned_30pct", "fincompress.pruning.prune_finetune", ["--target", "0.3", *prune_args],
-              [DATA, teacher], [variant("pruned_30pct")]),
-        Stage("pruned_50pct", "fincompress.pruning.prune_finetune", ["--target", "0.5", *prune_args],
-              [DATA, teacher], [variant("pruned_50pct")]),
-        Stage("pruning_curve", "fincompress.pruning.prune_finetune",
-              ["--curve-targets", curve_targets, *(["--max-val-samples", "96"] if smoke else [])],
-              [DATA, teacher], ["results/pruning_curve.csv"]),
-    ]
-    # Stacked rows: each KD student, then INT8.
-    stages += [Stage(f"{student}_ptq_int8", "fincompress.quantization.ptq", ["--source", student, *calibration],
-                     [DATA, variant(student)], [variant(f"{student}_ptq_int8")])
-               for student in ("student_vanilla_kd", "student_intermediate_kd")]
-    variant_outputs = [out for s in stages for out in s.outputs if out.startswith("checkpoints/")]
-    stages += [
-        Stage("benchmark", "fincompress.evaluation.benchmark", bench, variant_outputs,
-              ["results/benchmark_results.csv"]),
-        Stage("plots", "fincompress.evaluation.plots", [], ["results/benchmark_results.csv"],
-              ["results/plots/pareto.png"]),
-    ]
+    stages = []
+    for spec in [*STUDY, *REPORT]:
+        path = config_path(preset, spec.name)
+        stages.append(Stage(spec.name, spec.module, list(spec.inputs), list(spec.outputs), spec.seeded,
+                            path if path.is_file() else None,
+                            override_args(spec.name, preset, model, data_dir, quick)))
     return stages
+
+
+def parse_seeds(text: str | list[int] | None, flag: str = "--seeds") -> list[int]:
+    if text is None or text == "":
+        return []
+    if isinstance(text, list):
+        return [int(s) for s in text]
+    try:
+        seeds = [cli.non_negative_int(part.strip()) for part in str(text).split(",") if part.strip()]
+    except argparse.ArgumentTypeError as exc:
+        raise FinCompressError(f"{flag} {text!r}: {exc}") from exc
+    if len(set(seeds)) != len(seeds):
+        raise FinCompressError(f"{flag} {text!r}: a seed is repeated")
+    return seeds
+
+
+def seed_root(root: Path, name: str) -> Path:
+    return root / SEEDS_FOLDER / name
+
+
+def link_into(run_root: Path, root: Path, parts: list[str]) -> None:
+    """Make `run_root/part` a link to `root/part` (the canonical data and teacher a seed run shares)."""
+    for part in parts:
+        link, target = run_root / part, root / part
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() and link.resolve() == target.resolve():
+            continue
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            raise FinCompressError(f"{link} exists and is not a link to {target}: remove it to run the seeds")
+        link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+
+
+def seed_stages(root: Path, stages: list[Stage], seeds: list[int], teacher_seeds: list[int]) -> list[Stage]:
+    """Seed runs: each seeded stage per seed in seeds/seed<k>/, the teacher per teacher seed."""
+    runs = []
+    for seed in seeds:
+        for stage in stages:
+            if stage.seeded:
+                runs.append(Stage(stage.name, stage.module, stage.inputs, stage.outputs, True, stage.config,
+                                  [*stage.args, "--seed", str(seed)], seed_root(root, f"seed{seed}")))
+    teacher = next((s for s in stages if s.name == "teacher"), None)
+    if teacher is not None:
+        for seed in teacher_seeds:
+            runs.append(Stage(teacher.name, teacher.module, teacher.inputs, teacher.outputs, True, teacher.config,
+                              [*teacher.args, "--seed", str(seed)], seed_root(root, f"teacher_seed{seed}")))
+    return runs
+
+
+def prepare_seed_roots(root: Path, runs: list[Stage]) -> None:
+    for run_root in sorted({s.root for s in runs if s.root is not None}):
+        shared = ["data"] if run_root.name.startswith("teacher_seed") else ["data", "checkpoints/teacher"]
+        if not (root / "checkpoints" / "teacher").is_dir() and "checkpoints/teacher" in shared:
+            raise FinCompressError(f"seed runs need the canonical teacher in {root / 'checkpoints'}: "
+                                   "run the teacher stage first")
+        link_into(run_root, root, shared)
 
 
 # ----------------------------------------------------------------------------- up-to-date checks
@@ -140,79 +218,130 @@ def signature(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def stage_root(root: Path, stage: Stage) -> Path:
+    return stage.root or root
+
+
 def stamp_path(root: Path, stage: Stage) -> Path:
-    return root / ".cache" / "pipeline" / f"{stage.name}.json"
+    return stage_root(root, stage) / ".cache" / "pipeline" / f"{stage.name}.json"
 
 
 def stage_state(root: Path, stage: Stage) -> dict:
-    return {"module": stage.module, "args": stage.args,
-            "inputs": {name: signature(root / name) for name in stage.inputs}}
+    run_root = stage_root(root, stage)
+    config = cli.read_config(stage.config) if stage.config else {}
+    return {"module": stage.module, "config": config, "args": stage.args,
+            "inputs": {name: signature(run_root / name) for name in stage.inputs}}
 
 
 def is_up_to_date(root: Path, stage: Stage) -> bool:
     stamp = stamp_path(root, stage)
-    if not stamp.is_file() or not all((root / out).exists() for out in stage.outputs):
+    run_root = stage_root(root, stage)
+    if not stamp.is_file() or not all((run_root / out).exists() for out in stage.outputs):
         return False
-    return json.loads(stamp.read_text()) == stage_state(root, stage)
+    try:
+        return json.loads(stamp.read_text()) == stage_state(root, stage)
+    except json.JSONDecodeError:
+        return False
+
+
+def stage_command(root: Path, stage: Stage) -> list[str]:
+    # Stages run in the repository, so a config inside it is shown (and passed) by its relative path.
+    config = ["--config", os.path.relpath(stage.config, REPO_ROOT) if stage.config.is_relative_to(REPO_ROOT)
+              else str(stage.config)] if stage.config else []
+    return ["-m", stage.module, "--root", str(stage_root(root, stage)), *config, *stage.args]
 
 
 def run_stage(root: Path, stage: Stage) -> None:
-    command = [sys.executable, "-m", stage.module, "--root", str(root), *stage.args]
-    print(f"\n=== {stage.name}: {' '.join(command[1:])}", flush=True)
+    command = stage_command(root, stage)
+    print(f"\n=== {stage.label}: python {' '.join(command)}", flush=True)
     started = time.perf_counter()
-    code = subprocess.call(command, cwd=REPO_ROOT)
+    code = subprocess.call([sys.executable, *command], cwd=REPO_ROOT)
     if code != 0:
         raise FinCompressError(
             f"stage {stage.name!r} failed (exit {code}). Its message is above; re-run it alone with\n"
-            f"  python -m {stage.module} --root {root} {' '.join(stage.args)}\n"
+            f"  python {' '.join(command)}\n"
             f"then re-run the pipeline: finished stages are skipped.")
-    stamp = stamp_path(root, stage)
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(stage_state(root, stage), indent=2))
-    print(f"=== {stage.name} done in {time.perf_counter() - started:.0f}s", flush=True)
+    atomic_write_text(stamp_path(root, stage), json.dumps(stage_state(root, stage), indent=2))
+    print(f"=== {stage.label} done in {time.perf_counter() - started:.0f}s", flush=True)
 
 
 def run_stages(root: Path, stages: list[Stage], force: bool = False) -> dict[str, str]:
-    """Run the stages in order; returns {stage: "ran" | "skipped"}."""
+    """Run the stages in order; returns {stage label: "ran" | "skipped"}."""
     status = {}
     for stage in stages:
         if not force and is_up_to_date(root, stage):
-            print(f"=== {stage.name}: up to date, skipped", flush=True)
-            status[stage.name] = "skipped"
+            print(f"=== {stage.label}: up to date, skipped", flush=True)
+            status[stage.label] = "skipped"
             continue
         run_stage(root, stage)
-        status[stage.name] = "ran"
+        status[stage.label] = "ran"
     return status
 
 
 def select(stages: list[Stage], names: str | list[str] | None) -> list[Stage]:
     if not names:
         return stages
-    wanted = names.split(",") if isinstance(names, str) else list(names)
-    known = {s.name for s in stages}
+    wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    known = [s.name for s in stages]
     unknown = [n for n in wanted if n not in known]
     if unknown:
-        raise FinCompressError(f"unknown stage(s) {unknown}; stages: {[s.name for s in stages]}")
+        raise FinCompressError(f"unknown stage(s) {unknown}; stages: {known}")
     return [s for s in stages if s.name in wanted]
 
 
+def plan(root: Path, preset: str, *, stages: str | list[str] | None = None, model: str | None = None,
+         data_dir: Path | None = None, seeds: list[int] = (), teacher_seeds: list[int] = (),
+         quick: bool = False) -> list[Stage]:
+    """Every stage to run, in order: the canonical study, the seed runs and their summary, the report."""
+    all_stages = build_stages(preset, model, data_dir, quick=quick)
+    chosen = select(all_stages, stages)
+    study = [s for s in chosen if s.name not in {r.name for r in REPORT}]
+    report = [s for s in chosen if s.name in {r.name for r in REPORT}]
+    runs = seed_stages(root, study, list(seeds), list(teacher_seeds))
+    summary = []
+    if runs:  # the summary is stale whenever a canonical or a seed variant changes
+        seed_outputs = [f"{SEEDS_FOLDER}/{run.root.name}/{out}" for run in runs for out in run.outputs]
+        canonical = [out for stage in study for out in stage.outputs if out.startswith("checkpoints/")]
+        summary = [Stage(SEED_SUMMARY.name, SEED_SUMMARY.module, [DATA, *canonical, *seed_outputs],
+                         list(SEED_SUMMARY.outputs))]
+        report = [Stage(s.name, s.module, [*s.inputs, *summary[0].outputs], s.outputs, s.seeded, s.config, s.args)
+                  if s.name == "plots" else s for s in report]
+    return [*study, *runs, *summary, *report]
+
+
 def run_pipeline(preset: str = "finbert", root: str | Path | None = None, stages: str | list[str] | None = None,
-                 force: bool = False, model: str | None = None, data_dir: Path | None = None) -> dict[str, str]:
+                 force: bool = False, model: str | None = None, data_dir: Path | None = None,
+                 seeds: str | list[int] | None = None, teacher_seeds: str | list[int] | None = None,
+                 quick: bool = False) -> dict[str, str]:
     """Entry point for notebooks: run (or skip) the chosen stages of a preset under `root`."""
-    chosen = select(build_stages(preset, model, data_dir), stages)
-    return run_stages(project_root(root), chosen, force)
+    root = project_root(root)
+    chosen = plan(root, preset, stages=stages, model=model, data_dir=data_dir, seeds=parse_seeds(seeds),
+                  teacher_seeds=parse_seeds(teacher_seeds, "--teacher-seeds"), quick=quick)
+    status = {}
+    for stage in chosen:  # seed roots are linked once the canonical teacher they share exists
+        if stage.root is not None:
+            prepare_seed_roots(root, [stage])
+        status.update(run_stages(root, [stage], force))
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fincompress.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_root_argument(parser)
-    parser.add_argument("--preset", choices=PRESETS, default="finbert", help="which study to run (default finbert)")
-    parser.add_argument("--model", help="teacher to fine-tune (default: ProsusAI/finbert for finbert, "
-                        "../shared/models/all-MiniLM-L6-v2 for offline and smoke)")
-    parser.add_argument("--data-dir", type=Path, help="folder holding financial_phrasebank/ and fiqa_2018/ "
-                        "(offline and smoke presets; default ../shared/data)")
+    parser.add_argument("--preset", choices=PRESETS, default="finbert",
+                        help="which study to run: its settings are configs/<preset>/*.json (default finbert)")
+    parser.add_argument("--model", help="teacher to fine-tune, a Hub name or a local folder (overrides the "
+                        "preset's teacher config: ProsusAI/finbert for finbert, all-MiniLM-L6-v2 otherwise)")
+    parser.add_argument("--data-dir", type=Path, help="folder holding financial_phrasebank/ and fiqa_2018/ release "
+                        "files: prepare the data from them instead of the preset's source (e.g. ../shared/data)")
     parser.add_argument("--stages", help="comma-separated subset of stages to run (default: all, in order)")
+    parser.add_argument("--seeds", help="comma-separated seeds: re-train every training-based variant once per seed "
+                        "(in <root>/seeds/seed<k>/) and write results/seed_summary.csv")
+    parser.add_argument("--teacher-seeds", help="comma-separated seeds for extra teacher runs (the teacher's own "
+                        "spread, in <root>/seeds/teacher_seed<k>/)")
+    parser.add_argument("--quick", action="store_true",
+                        help="cap every stage at the smoke preset's budget (checks a preset end to end in minutes)")
     parser.add_argument("--force", action="store_true", help="re-run stages even when up to date")
     parser.add_argument("--list", action="store_true", help="print the stages and their commands, run nothing")
     return parser
@@ -221,13 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, str]:
     args = build_parser().parse_args(argv)
     root = project_root(args.root)
-    stages = select(build_stages(args.preset, args.model, args.data_dir), args.stages)
+    seeds, teacher_seeds = parse_seeds(args.seeds), parse_seeds(args.teacher_seeds, "--teacher-seeds")
     if args.list:
-        for stage in stages:
+        for stage in plan(root, args.preset, stages=args.stages, model=args.model, data_dir=args.data_dir,
+                          seeds=seeds, teacher_seeds=teacher_seeds, quick=args.quick):
             state = "up to date" if is_up_to_date(root, stage) else "to run"
-            print(f"{stage.name:34s} [{state}] python -m {stage.module} {' '.join(stage.args)}")
+            print(f"{stage.label:44s} [{state}] python {' '.join(stage_command(root, stage))}")
         return {}
-    status = run_stages(root, stages, args.force)
+    status = run_pipeline(args.preset, root, args.stages, args.force, args.model, args.data_dir,
+                          seeds, teacher_seeds, args.quick)
     print(f"\npipeline ({args.preset}) finished: {sum(v == 'ran' for v in status.values())} stage(s) ran, "
           f"{sum(v == 'skipped' for v in status.values())} skipped")
     return status

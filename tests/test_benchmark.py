@@ -4,20 +4,85 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from sklearn.metrics import f1_score
 
+from fincompress.common import cli
+from fincompress.common.loader import ensure_onnx_export, load_variant
+from fincompress.common.metrics import bootstrap_macro_f1, macro_f1_from_labels, paired_bootstrap_delta_f1
 from fincompress.common.paths import FinCompressError
 from fincompress.evaluation import benchmark
 
-REQUIRED = ["model_name", "technique", "runtime", "num_parameters", "size_mb", "macro_f1", "accuracy",
+REQUIRED = ["model_name", "technique", "runtime", "num_parameters", "size_mb", "macro_f1", "macro_f1_ci_low",
+            "macro_f1_ci_high", "delta_f1_vs_teacher", "delta_f1_ci_low", "delta_f1_ci_high", "accuracy",
             "f1_negative", "f1_neutral", "f1_positive", "cpu_latency_ms_median", "cpu_latency_ms_p95",
             "cpu_throughput_sps", "speedup_vs_teacher", "size_ratio_vs_teacher"]
+FAST = ["--num-runs", "3", "--warmup", "0", "--throughput-runs", "1", "--bootstrap-resamples", "200"]
 
 
-def test_two_variants_in_both_runtimes_fill_every_column(work_root):
+def noisy_predictions(n: int, accuracy: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 3, n)
+    wrong = rng.random(n) > accuracy
+    return truth, np.where(wrong, (truth + rng.integers(1, 3, n)) % 3, truth)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def test_vectorised_macro_f1_matches_sklearn_including_absent_classes():
+    rng = np.random.default_rng(0)
+    truth, predicted = rng.integers(0, 3, (6, 40)), rng.integers(0, 3, (6, 40))
+    predicted[0] = 0  # classes never predicted
+    truth[1] = 2  # classes absent from the truth
+    expected = [f1_score(t, p, labels=[0, 1, 2], average="macro", zero_division=0) for t, p in zip(truth, predicted)]
+    assert np.allclose(macro_f1_from_labels(truth, predicted), expected)
+
+
+def test_f1_interval_contains_the_estimate_and_is_fixed_by_the_seed():
+    truth, predicted = noisy_predictions(300, 0.8, seed=1)
+    point = macro_f1_from_labels(truth, predicted)
+    low, high = bootstrap_macro_f1(truth, predicted, resamples=1000, seed=3)
+    assert low < point < high
+    assert bootstrap_macro_f1(truth, predicted, resamples=1000, seed=3) == (low, high)
+    assert bootstrap_macro_f1(truth, predicted, resamples=1000, seed=4) != (low, high)
+
+
+def test_f1_interval_shrinks_with_more_sentences():
+    truth, predicted = noisy_predictions(100, 0.75, seed=2)
+    low, high = bootstrap_macro_f1(truth, predicted, resamples=1000, seed=0)
+    big_low, big_high = bootstrap_macro_f1(np.tile(truth, 16), np.tile(predicted, 16), resamples=1000, seed=0)
+    assert big_high - big_low < 0.5 * (high - low)  # 16x the sentences: about a quarter of the width
+
+
+def test_paired_delta_of_a_model_against_itself_is_exactly_zero():
+    truth, predicted = noisy_predictions(200, 0.7, seed=5)
+    assert paired_bootstrap_delta_f1(truth, predicted, predicted, resamples=1000, seed=0) == (0.0, 0.0, 0.0)
+
+
+def test_a_model_worse_on_every_resample_has_an_interval_below_zero():
+    truth, reference = noisy_predictions(200, 0.9, seed=6)
+    worse = reference.copy()
+    right = np.flatnonzero(reference == truth)
+    worse[right[::3]] = (truth[right[::3]] + 1) % 3  # wrong on a third of what the reference gets right
+    delta, low, high = paired_bootstrap_delta_f1(truth, worse, reference, resamples=1000, seed=0)
+    assert low <= delta <= high < 0
+    # and the opposite comparison is above zero
+    assert paired_bootstrap_delta_f1(truth, reference, worse, resamples=1000, seed=0)[1] > 0
+
+
+def test_one_sentence_has_no_interval():
+    assert all(np.isnan(bootstrap_macro_f1([1], [1])))
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+def test_two_variants_in_both_runtimes_fill_every_column_and_the_throughput_table(work_root):
     teacher = work_root / "checkpoints" / "teacher"
+    ensure_onnx_export(teacher)  # exported once: the copy carries the cached export along
     shutil.copytree(teacher, work_root / "checkpoints" / "teacher_copy")
     (work_root / "checkpoints" / ".teacher.tmp-dead").mkdir()  # an interrupted save is not a variant
-    frame = benchmark.main(["--root", str(work_root), "--num-runs", "6", "--warmup", "1", "--throughput-runs", "2"])
+    frame = benchmark.main(["--root", str(work_root), *FAST, "--batch-sizes", "1,4", "--threads", "2",
+                            "--thread-counts", "1", "--bf16", "off", "--bootstrap-seed", "7"])
     assert set(REQUIRED) <= set(frame.columns)
     assert sorted(zip(frame["model_name"], frame["runtime"])) == [
         ("teacher", "onnxruntime"), ("teacher", "torch"), ("teacher_copy", "onnxruntime"), ("teacher_copy", "torch")]
@@ -25,14 +90,108 @@ def test_two_variants_in_both_runtimes_fill_every_column(work_root):
     row = frame.set_index(["model_name", "runtime"])
     assert row.loc[("teacher", "torch"), "speedup_vs_teacher"] == 1.0
     assert row.loc[("teacher_copy", "torch"), "size_ratio_vs_teacher"] == 1.0
-    # the same weights give the same accuracy in both runtimes and both folders
+    # the same weights give the same accuracy in both runtimes and both folders, so no difference at all
     assert frame["macro_f1"].nunique() == 1
+    assert (frame[["delta_f1_vs_teacher", "delta_f1_ci_low", "delta_f1_ci_high"]] == 0).all().all()
+    assert ((frame["macro_f1_ci_low"] <= frame["macro_f1"]) & (frame["macro_f1"] <= frame["macro_f1_ci_high"])).all()
+    assert (frame["macro_f1_ci_high"] > frame["macro_f1_ci_low"]).all()
     assert (frame["cpu_latency_ms_p95"] >= frame["cpu_latency_ms_median"]).all()
+
+    throughput = pd.read_csv(work_root / "results" / "throughput.csv")
+    assert len(throughput) == 4 * 2 * 2  # rows x batch sizes x thread counts
+    assert set(throughput["batch_size"]) == {1, 4} and set(throughput["threads"]) == {1, 2}
+    assert np.allclose(throughput["throughput_sps_per_thread"], throughput["throughput_sps"] / throughput["threads"])
+    assert np.allclose(throughput["throughput_sps"], throughput["batch_size"] * 1000 / throughput["latency_ms_median"])
+    main_cells = throughput[(throughput["batch_size"] == 4) & (throughput["threads"] == 2)].set_index(
+        ["model_name", "runtime"])["throughput_sps"]
+    assert np.allclose(row["cpu_throughput_sps"], main_cells.loc[row.index])
+    batch1 = throughput[(throughput["batch_size"] == 1) & (throughput["threads"] == 2)]
+    assert (batch1["timed_calls"] == 3).all()  # batch 1 at --threads is the latency measurement itself
+
     report = json.loads((work_root / "results" / "benchmark_results.json").read_text())
-    assert report["metadata"]["threads"] == 2 and "torch" in report["metadata"]["libraries"]
-    assert len(report["rows"]) == 4
+    meta = report["metadata"]
+    assert meta["threads"] == 2 and meta["thread_counts"] == [2, 1] and meta["batch_sizes"] == [1, 4]
+    assert {"torch", "onnxruntime", "transformers"} <= set(meta["libraries"])
+    assert meta["bootstrap"]["resamples"] == 200 and meta["bootstrap"]["seed"] == 7
+    assert meta["bootstrap"]["delta_reference"] == "teacher (torch)"
+    assert meta["data_fingerprint"] == meta["variants"]["teacher"]["data_fingerprint"]
+    assert meta["variants"]["teacher_copy"]["created_at"] and meta["variants"]["teacher"]["matches_data"]
+    assert "cpu" in meta and isinstance(meta["isa"], list) and "bf16" in meta["bf16"]["note"]
+    assert len(report["rows"]) == 4 and len(report["throughput"]) == 16
     csv = pd.read_csv(work_root / "results" / "benchmark_results.csv")
     assert np.isclose(csv["cpu_latency_ms_median"], frame["cpu_latency_ms_median"]).all()
+    assert not [p for p in (work_root / "results").iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_intervals_are_deterministic_for_a_seed(work_root):
+    args = ["--root", str(work_root), *FAST, "--runtimes", "torch", "--bf16", "off", "--batch-sizes", "1"]
+    first = benchmark.main(args)
+    second = benchmark.main(args)
+    assert first[["macro_f1_ci_low", "macro_f1_ci_high"]].equals(second[["macro_f1_ci_low", "macro_f1_ci_high"]])
+
+
+def test_bf16_plan_follows_the_cpu_and_the_flag():
+    fp32 = ["teacher", "student"]
+    names, note = benchmark.bf16_plan("auto", ["avx2", "avx512_vnni"], fp32, "teacher")
+    assert names == [] and "avx512_bf16" in note
+    assert benchmark.bf16_plan("auto", ["amx_bf16"], fp32, "teacher")[0] == ["teacher"]
+    assert benchmark.bf16_plan("auto", ["avx512_bf16"], ["student"], "teacher")[0] == []
+    assert benchmark.bf16_plan("off", ["avx512_bf16"], fp32, "teacher")[0] == []
+    names, note = benchmark.bf16_plan("on", [], fp32, "teacher")
+    assert names == fp32 and "emulated" in note
+
+
+def test_bf16_row_runs_the_teacher_in_bf16(work_root):
+    frame = benchmark.main(["--root", str(work_root), *FAST, "--runtimes", "torch", "--bf16", "on",
+                            "--batch-sizes", "1"])
+    assert sorted(frame["runtime"]) == ["torch", "torch_bf16"]
+    bf16 = frame.set_index("runtime").loc["torch_bf16"]
+    assert bf16["delta_f1_ci_low"] <= bf16["delta_f1_vs_teacher"] <= bf16["delta_f1_ci_high"]
+    report = json.loads((work_root / "results" / "benchmark_results.json").read_text())
+    assert report["metadata"]["bf16"]["variants"] == ["teacher"]
+    # the row really computes in bf16, and stays close to the FP32 logits
+    fp32 = load_variant(work_root / "checkpoints" / "teacher", runtime="torch")
+    half = benchmark.to_bf16(load_variant(work_root / "checkpoints" / "teacher", runtime="torch"))
+    assert half.runtime == "torch_bf16"
+    assert all(p.dtype == torch.bfloat16 for p in half.model.parameters())
+    encoded = fp32.encode(["Profit rose sharply.", "Sales fell."])
+    assert np.allclose(half.logits(encoded), fp32.logits(encoded), atol=0.05)
+
+
+@pytest.mark.parametrize("flag, value", [("--num-runs", "0"), ("--warmup", "-1"), ("--threads", "0"),
+                                         ("--max-test-samples", "0"), ("--batch-sizes", "1,0"),
+                                         ("--thread-counts", "x"), ("--bootstrap-resamples", "10")])
+def test_bad_numbers_are_one_line_errors(work_root, capsys, flag, value):
+    with pytest.raises(SystemExit) as exc:
+        benchmark.main(["--root", str(work_root), flag, value])
+    assert exc.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_broken_variant_stops_the_run_or_is_skipped_with_skip_broken(work_root, capsys):
+    broken = work_root / "checkpoints" / "broken"
+    shutil.copytree(work_root / "checkpoints" / "teacher", broken)
+    shutil.rmtree(broken / "onnx", ignore_errors=True)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    args = ["--root", str(work_root), *FAST, "--runtimes", "torch", "--bf16", "off", "--batch-sizes", "1"]
+    with pytest.raises(FinCompressError, match="'broken'.*--skip-broken"):
+        benchmark.main(args)
+    assert cli.run(benchmark.main, args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken" in errors[0] and "Traceback" not in err
+
+    frame = benchmark.main([*args, "--skip-broken"])
+    assert list(frame["model_name"]) == ["teacher"]
+    assert "skipped broken (torch)" in capsys.readouterr().out
+    skipped = json.loads((work_root / "results" / "benchmark_results.json").read_text())["metadata"]["skipped"]
+    assert [(s["variant"], s["runtime"]) for s in skipped] == [("broken", "torch")]
+    assert "model.safetensors" in skipped[0]["reason"] or "checkpoint" in skipped[0]["reason"]
+
+
+def test_text_batches_are_full_and_cycle_through_the_test_set():
+    batches = benchmark.text_batches(["a", "b", "c"], size=2, count=3)
+    assert batches == [["a", "b"], ["c", "a"], ["b", "c"]]
 
 
 def test_interleaving_rotates_the_order():

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 from fincompress.common.paths import FinCompressError
 
 ASSET_PREFIX = "assets:"  # a config value "assets:models/all-MiniLM-L6-v2" names a file of the assets folder
+ASSET_REFERENCE = re.compile(r"(?<![\w])assets:([\w./@-]+)")
 
 
 def configure_logging() -> None:
@@ -136,12 +138,15 @@ def config_to_argv(parser: argparse.ArgumentParser, values: dict, source: str) -
 
 
 def resolve_asset_value(value: str) -> str:
-    """`assets:RELATIVE/PATH` -> that path inside the assets folder (fetched once if needed)."""
-    if not value.startswith(ASSET_PREFIX):
+    """Each `assets:RELATIVE/PATH` in a value -> that path in the assets folder (fetched once if needed).
+
+    It may stand inside a value, e.g. `pretrained:assets:models/all-MiniLM-L6-v2`.
+    """
+    if ASSET_PREFIX not in value:
         return value
     from fincompress.common.assets import asset_file
 
-    return str(asset_file(value[len(ASSET_PREFIX):]))
+    return ASSET_REFERENCE.sub(lambda match: str(asset_file(match.group(1))), value)
 
 
 def read_config(path: Path) -> dict:

@@ -1,10 +1,15 @@
 """The study's plots, from the files the stages write (no Jupyter needed).
 
 Reads  <root>/results/benchmark_results.csv, <root>/results/pruning_curve.csv (if present),
-       <root>/logs/student_*.csv (KD training curves, if present).
-Writes <root>/results/plots/pareto.png (macro F1 vs batch-1 latency, bubble area = model size,
-       Pareto frontier, one colour per technique), size_latency.png (bars), pruning_curve.png,
-       kd_training_curves.png. Notebook 05 calls the same functions.
+       <root>/logs/student_*.csv (KD training curves, if present), <root>/results/seed_results.csv and
+       seed_summary.csv (if present).
+Writes <root>/results/plots/pareto.png (macro F1 with its 95% interval vs batch-1 latency, bubble area =
+       model size, Pareto frontier, one colour per technique), delta_f1.png (each row's paired interval
+       of its F1 difference from the teacher), size_latency.png (bars), pruning_curve.png,
+       kd_training_curves.png, seed_spread.png. Notebooks call the same functions.
+
+Figures are drawn on `matplotlib.figure.Figure` objects, not pyplot's global state: the functions work
+headless (CI, servers, the pipeline) and inside notebooks whatever their backend.
 """
 
 from __future__ import annotations
@@ -14,17 +19,19 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: CI, servers, the pipeline
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from fincompress.common import cli  # noqa: E402
-from fincompress.common.paths import FinCompressError, add_root_argument, logs_dir, project_root, results_dir  # noqa: E402
+from fincompress.common import cli
+from fincompress.common.io import atomic_write
+from fincompress.common.paths import FinCompressError, add_root_argument, logs_dir, project_root, results_dir
 
 FAMILY_COLOURS = {"teacher": "#222222", "distillation": "#1f77b4", "quantization": "#d62728",
                   "pruning": "#2ca02c", "stacked": "#9467bd", "other": "#7f7f7f"}
-RUNTIME_MARKERS = {"torch": "o", "onnxruntime": "^"}
+RUNTIME_MARKERS = {"torch": "o", "onnxruntime": "^", "torch_bf16": "D"}
+DELTA_COLOURS = {"worse": "#d62728", "better": "#2ca02c", "no measurable difference": "#999999"}
+DPI = 130
 
 
 def technique_family(model_name: str) -> str:
@@ -50,20 +57,64 @@ def pareto_front(frame: pd.DataFrame, x: str = "cpu_latency_ms_median", y: str =
     return frame.loc[front].sort_values(x)
 
 
-def read_benchmark(root: Path) -> pd.DataFrame:
-    path = results_dir(root) / "benchmark_results.csv"
+BENCHMARK_COMMAND = "python -m fincompress.evaluation.benchmark"
+SEEDS_COMMAND = "python -m fincompress.evaluation.seeds"
+BENCHMARK_NEEDS = ("model_name", "runtime", "size_mb", "macro_f1", "cpu_latency_ms_median")
+SEED_RESULTS_NEED = ("variant", "macro_f1")
+SEED_SUMMARY_NEEDS = ("variant", "mean_macro_f1", "sd_macro_f1", "canonical_macro_f1", "canonical_ci_low",
+                      "canonical_ci_high")
+
+
+def read_results_csv(path: Path, needed: tuple[str, ...], command: str) -> pd.DataFrame:
+    """A results table written by `command`, or a one-line error saying what is wrong and how to remake it."""
     if not path.is_file():
-        raise FinCompressError(f"{path} not found: run `python -m fincompress.evaluation.benchmark` first")
-    frame = pd.read_csv(path)
-    frame["family"] = frame["model_name"].map(technique_family)
+        raise FinCompressError(f"{path} not found: run `{command}` first")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FinCompressError(f"{path} is not a readable results table ({reason}); re-run `{command}`") from None
+    missing = [c for c in needed if c not in frame.columns]
+    if missing or frame.empty:
+        what = f"lacks the column(s) {', '.join(missing)}" if missing else "has no rows"
+        raise FinCompressError(f"{path} {what}; re-run `{command}`")
     return frame
 
 
+def read_benchmark(root: Path) -> pd.DataFrame:
+    frame = read_results_csv(results_dir(root) / "benchmark_results.csv", BENCHMARK_NEEDS, BENCHMARK_COMMAND)
+    frame["family"] = frame["model_name"].astype(str).map(technique_family)
+    return frame
+
+
+def has_columns(frame: pd.DataFrame, *columns: str) -> bool:
+    """Whether `frame` has every column with at least one value (older results files lack intervals)."""
+    return all(c in frame and frame[c].notna().any() for c in columns)
+
+
+def error_bar_lengths(frame: pd.DataFrame, value: str, low: str, high: str, scale: float = 1.0) -> np.ndarray:
+    """matplotlib's yerr/xerr (2 x n, distances below and above the value) from interval bounds."""
+    values = frame[value].to_numpy(float)
+    return scale * np.vstack([values - frame[low].to_numpy(float), frame[high].to_numpy(float) - values])
+
+
 def plot_pareto(frame: pd.DataFrame, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(10, 6.5))
+    return _save(pareto_figure(frame), path)
+
+
+def pareto_figure(frame: pd.DataFrame) -> Figure:
+    """Macro F1 (with its 95% interval as error bars, when the results have it) vs batch-1 latency."""
+    fig = Figure(figsize=(10, 6.5))
+    ax = fig.subplots()
+    intervals = has_columns(frame, "macro_f1_ci_low", "macro_f1_ci_high")
     for (family, runtime), part in frame.groupby(["family", "runtime"]):
+        colour = FAMILY_COLOURS.get(family, "#7f7f7f")
+        if intervals:
+            ax.errorbar(part["cpu_latency_ms_median"], 100 * part["macro_f1"],
+                        yerr=error_bar_lengths(part, "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", 100),
+                        fmt="none", ecolor=colour, elinewidth=0.8, capsize=2, alpha=0.6)
         ax.scatter(part["cpu_latency_ms_median"], 100 * part["macro_f1"], s=20 + 4 * part["size_mb"],
-                   c=FAMILY_COLOURS.get(family, "#7f7f7f"), marker=RUNTIME_MARKERS.get(runtime, "s"), alpha=0.65,
+                   c=colour, marker=RUNTIME_MARKERS.get(runtime, "s"), alpha=0.65,
                    edgecolors="black", linewidths=0.5, label=f"{family} ({runtime})")
     for _, row in frame.iterrows():
         ax.annotate(row["model_name"], (row["cpu_latency_ms_median"], 100 * row["macro_f1"]), fontsize=7,
@@ -75,29 +126,75 @@ def plot_pareto(frame: pd.DataFrame, path: Path) -> Path:
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel("batch-1 CPU latency, median (ms, log scale)")
-    ax.set_ylabel("test macro F1 (%)")
+    ax.set_ylabel("test macro F1 (%)" + (", 95% bootstrap interval" if intervals else ""))
     ax.set_title("Accuracy vs latency (bubble area = model size on disk)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right", markerscale=0.5)
-    return _save(fig, path)
+    return fig
+
+
+def delta_verdicts(frame: pd.DataFrame) -> pd.Series:
+    """What each row's paired interval supports: "worse", "better" (it excludes 0) or "no measurable
+    difference" (it crosses 0); empty where the row has no interval."""
+    verdicts = pd.Series("", index=frame.index, dtype=object)
+    known = frame["delta_f1_ci_low"].notna() & frame["delta_f1_ci_high"].notna()
+    verdicts[known] = "no measurable difference"
+    verdicts[known & (frame["delta_f1_ci_high"] < 0)] = "worse"
+    verdicts[known & (frame["delta_f1_ci_low"] > 0)] = "better"
+    return verdicts
+
+
+def plot_delta_intervals(frame: pd.DataFrame, path: Path) -> Path:
+    return _save(delta_figure(frame), path)
+
+
+def delta_figure(frame: pd.DataFrame) -> Figure:
+    """Each row's F1 difference from the teacher with its paired 95% interval (red: measurably worse,
+    green: measurably better, grey: the interval crosses 0)."""
+    rows = frame.dropna(subset=["delta_f1_vs_teacher", "delta_f1_ci_low", "delta_f1_ci_high"])
+    rows = rows.sort_values("delta_f1_vs_teacher").reset_index(drop=True)
+    fig = Figure(figsize=(8, 1.5 + 0.32 * max(len(rows), 1)))
+    ax = fig.subplots()
+    labels = [f"{name} ({runtime})" for name, runtime in zip(rows["model_name"], rows["runtime"])]
+    verdicts = delta_verdicts(rows)
+    for kind, colour in DELTA_COLOURS.items():
+        part = rows[verdicts == kind]
+        ax.errorbar(100 * part["delta_f1_vs_teacher"], part.index,
+                    xerr=error_bar_lengths(part, "delta_f1_vs_teacher", "delta_f1_ci_low", "delta_f1_ci_high", 100),
+                    fmt="o", color=colour, ecolor=colour, capsize=3, markersize=4,
+                    label=kind if len(part) else "_nolegend_")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.set_xlabel("test macro F1 minus the teacher's (points), paired 95% bootstrap interval")
+    ax.set_title("Difference from the teacher in test macro F1")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7)
+    return fig
 
 
 def plot_size_latency(frame: pd.DataFrame, path: Path) -> Path:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    fig = Figure(figsize=(13, 5))
+    left, right = fig.subplots(1, 2)
     sizes = frame.drop_duplicates("model_name").set_index("model_name")["size_mb"].sort_values()
     left.barh(sizes.index, sizes.values, color=[FAMILY_COLOURS[technique_family(n)] for n in sizes.index])
     left.set_xlabel("size on disk (MB)")
     latency = frame.pivot_table(index="model_name", columns="runtime", values="cpu_latency_ms_median")
     latency = latency.loc[latency.min(axis=1).sort_values().index]
-    latency.plot.barh(ax=right)
+    height = 0.8 / max(len(latency.columns), 1)
+    positions = np.arange(len(latency))
+    for offset, runtime in enumerate(latency.columns):  # one bar per runtime, side by side
+        right.barh(positions + (offset - (len(latency.columns) - 1) / 2) * height, latency[runtime], height=height,
+                   label=runtime)
+    right.set_yticks(positions, latency.index)
     right.set_xlabel("batch-1 latency, median (ms)")
-    right.set_ylabel("")
+    right.legend(fontsize=8)
     fig.suptitle("Model size and latency per variant")
     return _save(fig, path)
 
 
 def plot_pruning_curve(curve: pd.DataFrame, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     x = "heads_removed_fraction" if "heads_removed_fraction" in curve else curve.columns[0]
     # One line per run (the one-shot curve, each prune+recover run), split before / after recovery.
     group = [c for c in ("run", "recovered") if c in curve]
@@ -116,7 +213,8 @@ def plot_pruning_curve(curve: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_kd_curves(logs: list[Path], path: Path) -> Path:
-    fig, (loss_ax, f1_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    loss_ax, f1_ax = fig.subplots(1, 2)
     for log in logs:
         run = pd.read_csv(log)
         label = log.stem
@@ -131,6 +229,35 @@ def plot_kd_curves(logs: list[Path], path: Path) -> Path:
     for ax in (loss_ax, f1_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def plot_seed_spread(results: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Path:
+    """Each run's test macro F1 per variant (dots), mean ± sd over seeds, the canonical run's interval."""
+    order = list(summary["variant"])
+    fig = Figure(figsize=(9, 1.5 + 0.4 * max(len(order), 1)))
+    ax = fig.subplots()
+    position = {name: i for i, name in enumerate(order)}
+
+    def rows_of(frame: pd.DataFrame) -> np.ndarray:  # y of each row's variant (float even when empty)
+        return np.array([position[name] for name in frame["variant"]], dtype=float)
+
+    runs = results[results["variant"].isin(position)]
+    ax.scatter(100 * runs["macro_f1"], rows_of(runs) + 0.12, s=14, color="#1f77b4", label="one run (seed)")
+    spread = summary.dropna(subset=["sd_macro_f1"])
+    ax.errorbar(100 * spread["mean_macro_f1"], rows_of(spread) + 0.12,
+                xerr=100 * spread["sd_macro_f1"], fmt="D", color="#1f77b4", capsize=3, markersize=4,
+                label="mean ± sd over seeds")
+    canonical = summary.dropna(subset=["canonical_macro_f1", "canonical_ci_low", "canonical_ci_high"])
+    ax.errorbar(100 * canonical["canonical_macro_f1"], rows_of(canonical) - 0.12,
+                xerr=error_bar_lengths(canonical, "canonical_macro_f1", "canonical_ci_low", "canonical_ci_high", 100),
+                fmt="s", color="#222222", capsize=3, markersize=4, label="canonical run, 95% bootstrap interval")
+    ax.set_yticks(range(len(order)), order, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("test macro F1 (%)")
+    ax.set_title("Spread over training seeds vs the canonical run's interval")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -160,24 +287,29 @@ def latest_logs(root: Path, prefix: str = "student_") -> list[Path]:
     return list(newest.values())
 
 
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=DPI, format=Path(path).suffix.lstrip(".")))
 
 
 def make_all_plots(root: Path) -> list[Path]:
     out = results_dir(root) / "plots"
     frame = read_benchmark(root)
-    written = [plot_pareto(frame, out / "pareto.png"), plot_size_latency(frame, out / "size_latency.png")]
+    written = [plot_pareto(frame, out / "pareto.png")]
+    if has_columns(frame, "delta_f1_vs_teacher", "delta_f1_ci_low", "delta_f1_ci_high"):
+        written.append(plot_delta_intervals(frame, out / "delta_f1.png"))
+    written.append(plot_size_latency(frame, out / "size_latency.png"))
     curve_path = results_dir(root) / "pruning_curve.csv"
     if curve_path.is_file():
         written.append(plot_pruning_curve(pd.read_csv(curve_path), out / "pruning_curve.png"))
     kd_logs = latest_logs(root)
     if kd_logs:
         written.append(plot_kd_curves(kd_logs, out / "kd_training_curves.png"))
+    seed_results, seed_summary = results_dir(root) / "seed_results.csv", results_dir(root) / "seed_summary.csv"
+    if seed_results.is_file() and seed_summary.is_file():
+        written.append(plot_seed_spread(read_results_csv(seed_results, SEED_RESULTS_NEED, SEEDS_COMMAND),
+                                        read_results_csv(seed_summary, SEED_SUMMARY_NEEDS, SEEDS_COMMAND),
+                                        out / "seed_spread.png"))
     return written
 
 
@@ -189,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    args = build_parser().parse_args(argv)
+    matplotlib.use("Agg")  # the command line never needs a window (CI, servers, the pipeline)
+    args = cli.parse_args(build_parser(), argv)
     written = make_all_plots(project_root(args.root))
     for path in written:
         print(f"wrote {path}")
