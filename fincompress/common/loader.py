@@ -2,14 +2,22 @@
 
 An FP32 variant runs in PyTorch (its Linear shapes rebuilt from the saved weights, so pruned
 models with uneven heads load) or, exported once to ONNX, in ONNX Runtime; an ONNX artifact
-(INT8) runs in ONNX Runtime. The benchmark, the INT8 stages, the notebooks and the demo all use it.
+(INT8) runs in ONNX Runtime. The benchmark, the INT8 stages, the notebooks and the demo all use it,
+so every model is tokenized (`encode_texts`) and run in ONNX Runtime (`onnx_session`) one way.
+
+Library code here changes no process-wide state: PyTorch's thread count is set by the entry point
+that wants one (the benchmark's and the demo's `main`), torch.onnx logging is quiet only while
+exporting.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,11 +94,24 @@ def load_fp32_model(folder: Path, attn_implementation: str | None = None
 
 # ----------------------------------------------------------------------------- ONNX
 
-def export_onnx(model: PreTrainedModel, path: Path) -> Path:
-    """Export a BERT classifier to ONNX (dynamic batch and sequence) with the dynamo exporter."""
-    import logging
-    import warnings
+@contextmanager
+def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise logger `name` to `level` for the duration of the block, then restore its old level."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
+
+def export_onnx(model: PreTrainedModel, path: Path) -> Path:
+    """Export a BERT classifier to ONNX (dynamic batch and sequence) with the dynamo exporter.
+
+    The graph keeps the exporter's `pkg.torch.onnx.name_scopes` node metadata: the INT8 stages map
+    MatMul nodes to torch modules through it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -98,14 +119,53 @@ def export_onnx(model: PreTrainedModel, path: Path) -> Path:
     example["token_type_ids"].zero_()
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
+    # The exporter reports every decomposition step at INFO/WARNING: quiet while it runs, restored after.
+    with quiet_logger("torch.onnx"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (), str(tmp), kwargs=example, input_names=list(ONNX_INPUTS),
-                          output_names=["logits"], dynamic_shapes={k: {0: batch, 1: seq} for k in ONNX_INPUTS},
-                          dynamo=True, external_data=False, verbose=False)
-    os.replace(tmp, path)
+        try:
+            torch.onnx.export(model, (), str(tmp), kwargs=example, input_names=list(ONNX_INPUTS),
+                              output_names=["logits"], dynamic_shapes={k: {0: batch, 1: seq} for k in ONNX_INPUTS},
+                              dynamo=True, external_data=False, verbose=False)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
+
+
+def onnx_session(onnx_path: Path, threads: int | None = None, spinning: bool = True,
+                 optimized_model_path: Path | None = None):
+    """An ONNX Runtime CPU session with every graph optimisation on (the one place sessions are made).
+
+    threads: intra-op threads (None: ONNX Runtime's default). spinning=False stops idle ORT workers
+    from spinning (fair timing of several models in one process). optimized_model_path: also write
+    the graph ORT actually runs (after its fusions), to inspect what it fused.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    try:
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        reason = " ".join(str(exc).split())  # ORT's messages span lines; the user gets one
+        raise FinCompressError(f"{onnx_path}: cannot open the ONNX model ({reason}); re-create the variant") from exc
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int = MAX_LENGTH,
+                 pad_to: int | None = None) -> dict[str, np.ndarray]:
+    """Tokenize a batch the way every runtime is fed: int64 arrays `ONNX_INPUTS`, truncated to
+    `max_length`, padded to the batch's longest text (or to exactly `pad_to` tokens)."""
+    padding = {"padding": "max_length", "max_length": pad_to} if pad_to else {"padding": True,
+                                                                              "max_length": max_length}
+    encoded = tokenizer(list(texts), truncation=True, return_tensors="np", return_token_type_ids=True, **padding)
+    return {k: encoded[k].astype(np.int64) for k in ONNX_INPUTS}
 
 
 # ----------------------------------------------------------------------------- the one loader
@@ -130,9 +190,7 @@ class Predictor:
         texts = list(texts)
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise FinCompressError("every text must be a non-empty string")
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True,
-                                 return_tensors="np", return_token_type_ids=True)
-        return {k: encoded[k].astype(np.int64) for k in ONNX_INPUTS}
+        return encode_texts(self.tokenizer, texts, self.max_length)
 
     def logits(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
@@ -170,21 +228,10 @@ class OnnxPredictor(Predictor):
     runtime = "onnxruntime"
 
     def __init__(self, folder: Path, info: dict, onnx_path: Path, threads: int | None = None, spinning: bool = True):
-        import onnxruntime as ort
-
         tokenizer = AutoTokenizer.from_pretrained(folder)
         super().__init__(folder, tokenizer, info)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        if not spinning:  # idle ORT workers otherwise spin and steal the CPU from the next model timed
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise FinCompressError(f"{onnx_path}: cannot open the ONNX model ({exc}); re-create the variant") from exc
+        self.onnx_path = Path(onnx_path)
+        self.session = onnx_session(onnx_path, threads, spinning)
         self.input_names = [i.name for i in self.session.get_inputs()]
         config_path = Path(folder) / "config.json"
         order = project_order(AutoConfig.from_pretrained(folder)) if config_path.is_file() else None
@@ -193,6 +240,17 @@ class OnnxPredictor(Predictor):
     def logits(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
         outputs = self.session.run(None, {k: encoded[k] for k in self.input_names})[0]
         return outputs[:, self.order] if self.order else outputs
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's instruction-set flags (avx2, avx512_vnni, amx_int8, ...) as the kernel reports them;
+    empty where /proc/cpuinfo does not exist. INT8 and bf16 kernel speed depends on them."""
+    if not cpuinfo.is_file():
+        return set()
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
 
 
 def onnx_cache_path(folder: Path) -> Path:
@@ -222,6 +280,8 @@ def load_variant(path: str | os.PathLike, runtime: str | None = None, threads: i
 
     runtime: None picks the variant's native runtime (torch for FP32, onnxruntime for ONNX
     artifacts); "onnxruntime" on an FP32 variant exports it to ONNX first (cached).
+    threads: ONNX Runtime intra-op threads of this model's session. PyTorch's thread count is
+    process-wide: the entry point sets it (`torch.set_num_threads`), never the loader.
     ort_spinning=False stops idle ONNX Runtime threads from spinning (fair timing of several models
     in one process).
     """
@@ -234,8 +294,6 @@ def load_variant(path: str | os.PathLike, runtime: str | None = None, threads: i
     if runtime not in runtimes:
         raise FinCompressError(f"{folder.name} ({info.get('format')}) cannot run in {runtime}; it runs in {runtimes}")
     if runtime == "torch":
-        if threads:
-            torch.set_num_threads(threads)
         return TorchPredictor(folder, info)
     onnx_path = folder / ONNX_FILE if info.get("format") == "onnx" else ensure_onnx_export(folder)
     if not onnx_path.is_file():

@@ -1,55 +1,118 @@
-"""Fake quantization for QAT, with the exact formulas of the ORT deployment (`int8.RECIPE`).
+"""Fake quantization for QAT, with the deployed graph's formulas, all read from the `Int8Recipe`.
 
-- Linear weights: INT8 per output channel, symmetric, range [-127, 127] (ORT's symmetric int8
-  range), scale = max|w_row| / 127, recomputed from the current weights at every forward.
-- Linear inputs: UINT8 per tensor, asymmetric; the range (rmin, rmax) comes from an observer
-  (moving average of each batch's min/max) that is frozen after a warm-up; scale and zero point
-  are computed by onnxruntime's own `compute_scale_zp`, so training and deployment round alike.
-- Embedding tables: INT8 per row, symmetric (weight-only, as `int8.quantize_embedding_storage`).
+- Linear weights: the recipe's weight type, symmetry, per-channel and reduce_range; scale and zero
+  point per output channel by `weight_qparams`, the formula of onnxruntime's `compute_scale_zp`
+  (checked against it in the tests), recomputed from the current weights at every forward.
+- Linear inputs: the recipe's activation type and symmetry, per tensor; the range (rmin, rmax) comes
+  from an observer (moving average of each batch's min/max) that is frozen after a warm-up; scale and
+  zero point by onnxruntime's own `compute_scale_zp` (`Int8Recipe.activation_qparams`).
+- Embedding tables: symmetric INT8 per row (weight-only), the very function the deployed graph's
+  table storage uses (`int8.quantize_embedding_storage` calls `weight_qparams` too).
 
-Gradients flow through the straight-through estimator of `torch.fake_quantize_per_channel_affine`
-/ `torch.fake_quantize_per_tensor_affine`: identity inside the representable range, zero outside.
+Rounding is onnxruntime's, `Saturate(RoundToEven(x / scale) + zero_point)` (MLAS's QuantizeLinear and
+the quantizer's weight packing both divide; torch's fake_quantize ops multiply by 1/scale, which
+rounds a few values per thousand the other way), so the integers QAT trains against are the
+integers the deployed graph holds. Gradients flow through the straight-through estimator: identity
+inside the representable range, zero where a value is clipped.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from onnx import TensorProto
-from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 from torch import nn
 
-
-def int8_weight_range(reduce_range: bool = False) -> tuple[int, int]:
-    """ORT's symmetric INT8 weight range: (-127, 127), or (-64, 64) with reduce_range."""
-    qmin, qmax = get_qmin_qmax_for_qType(TensorProto.INT8, reduce_range=reduce_range, symmetric=True)
-    return int(qmin), int(qmax)
+from fincompress.quantization.recipe import Int8Recipe
 
 
-def uint8_activation_qparams(rmin: float, rmax: float) -> tuple[float, int]:
-    """(scale, zero_point) ORT uses for a UINT8 asymmetric activation with range [rmin, rmax]."""
-    qmin, qmax = get_qmin_qmax_for_qType(TensorProto.UINT8)
-    zero_point, scale = compute_scale_zp(np.array(rmin, dtype=np.float32), np.array(rmax, dtype=np.float32),
-                                         qmin, qmax, symmetric=False)
-    return float(scale), int(zero_point)
+def weight_qparams(weight: torch.Tensor, qrange: tuple[int, int], symmetric: bool,
+                   per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale float32, zero_point int32) per row of `weight` (or one pair repeated if not per channel).
+
+    onnxruntime's `compute_scale_zp` applied to each row's [min, max]: the range always includes 0,
+    symmetric ranges become [-absmax, absmax] with the zero point in the middle of [qmin, qmax],
+    scales are computed in float64 and stored in float32, an all-zero row gets scale 1, zero point 0.
+    """
+    qmin, qmax = qrange
+    values = weight.detach().to(torch.float64).reshape(weight.shape[0], -1)
+    if per_channel:
+        rmin, rmax = values.amin(dim=1), values.amax(dim=1)
+    else:
+        rmin, rmax = values.min().expand(weight.shape[0]), values.max().expand(weight.shape[0])
+    rmin, rmax = rmin.clamp(max=0.0), rmax.clamp(min=0.0)
+    if symmetric:
+        absmax = torch.maximum(rmin.abs(), rmax.abs())
+        rmin, rmax = -absmax, absmax
+    scale = (rmax - rmin) / (qmax - qmin)
+    if symmetric:
+        zero_point = torch.full_like(scale, round((qmin + qmax) / 2.0))  # Python and numpy both round half to even
+    else:
+        zero_point = torch.round(qmin - rmin / scale)
+    degenerate = scale.float() < torch.finfo(torch.float32).tiny
+    scale = torch.where(degenerate, torch.ones_like(scale), scale).float()
+    zero_point = torch.where(degenerate, torch.zeros_like(zero_point), zero_point).to(torch.int32)
+    return scale, zero_point
 
 
-def fake_quantize_weight(weight: torch.Tensor, reduce_range: bool = False) -> torch.Tensor:
-    """Symmetric per-row (output channel) INT8 fake quantization with a straight-through gradient."""
-    qmin, qmax = int8_weight_range(reduce_range)
-    scale = weight.detach().abs().amax(dim=1).clamp_min(1e-12) / qmax
-    zero_point = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
-    return torch.fake_quantize_per_channel_affine(weight, scale.float(), zero_point, 0, qmin, qmax)
+class _OnnxRuntimeGrid(torch.autograd.Function):
+    """Quantize-dequantize as onnxruntime rounds; straight-through gradient where nothing is clipped."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):
+        q = torch.round(x / scale) + zero_point  # torch.round, like ORT, rounds half to even
+        inside = (q >= qmin) & (q <= qmax)
+        ctx.save_for_backward(inside)
+        return (q.clamp(qmin, qmax) - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qrange: tuple[int, int]
+                  ) -> torch.Tensor:
+    """`x` on the integer grid (scale, zero_point broadcast against x), dequantized, in x's dtype."""
+    scale = scale.to(device=x.device, dtype=torch.float32)
+    zero_point = zero_point.to(device=x.device, dtype=torch.float32)
+    return _OnnxRuntimeGrid.apply(x.float(), scale, zero_point, qrange[0], qrange[1]).to(x.dtype)
+
+
+def fake_quantize_rows(weight: torch.Tensor, qrange: tuple[int, int], symmetric: bool,
+                       per_channel: bool = True) -> torch.Tensor:
+    """Fake-quantize a 2-D weight row by row (one scale and zero point per output channel)."""
+    scale, zero_point = weight_qparams(weight, qrange, symmetric, per_channel)
+    return fake_quantize(weight, scale.view(-1, 1), zero_point.view(-1, 1), qrange)
+
+
+def integer_rows(weight: torch.Tensor, qrange: tuple[int, int], symmetric: bool,
+                 per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(integers, scale, zero_point) of `fake_quantize_rows`: the stored form of exactly its values."""
+    scale, zero_point = weight_qparams(weight, qrange, symmetric, per_channel)
+    grid = fake_quantize_rows(weight.detach(), qrange, symmetric, per_channel)
+    # (q - z) * s divided by s rounds back to q - z exactly: the stored integers are the trained grid.
+    integers = torch.round(grid / scale.view(-1, 1)).to(torch.int64) + zero_point.view(-1, 1)
+    return integers, scale, zero_point
+
+
+def fake_quantize_weight(weight: torch.Tensor, recipe: Int8Recipe) -> torch.Tensor:
+    """A Linear weight ([out, in]) on the recipe's integer grid, one scale per output channel."""
+    return fake_quantize_rows(weight, recipe.weight_qrange(), recipe.weight_symmetric, recipe.per_channel)
+
+
+def fake_quantize_embedding(table: torch.Tensor) -> torch.Tensor:
+    """An embedding table on the deployed INT8 storage grid (symmetric, one scale per row)."""
+    return fake_quantize_rows(table, Int8Recipe.embedding_qrange(), symmetric=True)
 
 
 class ActivationObserver(nn.Module):
-    """Running (moving-average) min/max of a tensor; fake-quantizes it to UINT8 with that range.
+    """Running (moving-average) min/max of a tensor; fake-quantizes it with the recipe's activation grid.
 
     The range buffers are saved with the model, so `fit` restoring its best state restores them too.
     """
 
-    def __init__(self, averaging_constant: float = 0.01):
+    def __init__(self, recipe: Int8Recipe, averaging_constant: float = 0.01):
         super().__init__()
+        self.recipe = recipe
         self.averaging_constant = averaging_constant
         self.register_buffer("rmin", torch.tensor(0.0))
         self.register_buffer("rmax", torch.tensor(0.0))
@@ -72,26 +135,25 @@ class ActivationObserver(nn.Module):
             self.observe(x)
         if not bool(self.initialized):  # never saw data (e.g. evaluated before training): pass through
             return x
-        scale, zero_point = uint8_activation_qparams(float(self.rmin), float(self.rmax))
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+        scale, zero_point = self.recipe.activation_qparams(float(self.rmin), float(self.rmax))
+        return fake_quantize(x, torch.tensor(scale), torch.tensor(zero_point), self.recipe.activation_qrange())
 
     def range(self) -> tuple[float, float]:
         return float(self.rmin), float(self.rmax)
 
 
 class FakeQuantLinear(nn.Linear):
-    """nn.Linear with fake-quantized weight (per channel) and input (per tensor); same parameter names."""
+    """nn.Linear with fake-quantized weight and input (the recipe's grids); same parameter names."""
 
-    def __init__(self, linear: nn.Linear, reduce_range: bool = False, averaging_constant: float = 0.01):
+    def __init__(self, linear: nn.Linear, recipe: Int8Recipe, averaging_constant: float = 0.01):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
                          device=linear.weight.device, dtype=linear.weight.dtype)
         self.load_state_dict(linear.state_dict())
-        self.reduce_range = reduce_range
-        self.input_observer = ActivationObserver(averaging_constant)
+        self.recipe = recipe
+        self.input_observer = ActivationObserver(recipe, averaging_constant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(self.input_observer(x), fake_quantize_weight(self.weight, self.reduce_range),
-                                    self.bias)
+        return nn.functional.linear(self.input_observer(x), fake_quantize_weight(self.weight, self.recipe), self.bias)
 
     def to_linear(self) -> nn.Linear:
         plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
@@ -103,14 +165,13 @@ class FakeQuantLinear(nn.Linear):
 class FakeQuantEmbedding(nn.Embedding):
     """nn.Embedding whose table is fake-quantized per row (the deployed INT8 table storage)."""
 
-    def __init__(self, embedding: nn.Embedding, reduce_range: bool = False):
+    def __init__(self, embedding: nn.Embedding):
         super().__init__(embedding.num_embeddings, embedding.embedding_dim, padding_idx=embedding.padding_idx,
                          device=embedding.weight.device, dtype=embedding.weight.dtype)
         self.load_state_dict(embedding.state_dict())
-        self.reduce_range = reduce_range
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return nn.functional.embedding(ids, fake_quantize_weight(self.weight, self.reduce_range), self.padding_idx)
+        return nn.functional.embedding(ids, fake_quantize_embedding(self.weight), self.padding_idx)
 
     def to_embedding(self) -> nn.Embedding:
         plain = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx,
@@ -124,13 +185,15 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def prepare_qat(model: nn.Module, linear_names: list[str], embedding_names: list[str], reduce_range: bool = False,
+def prepare_qat(model: nn.Module, linear_names: list[str], embedding_names: list[str], recipe: Int8Recipe,
                 averaging_constant: float = 0.01) -> None:
     """Swap the named Linear / Embedding modules for their fake-quantized versions, in place."""
+    if not recipe.is_static:
+        raise ValueError(f"QAT needs a static recipe (fixed activation ranges), not {recipe.name!r}")
     for name in linear_names:
-        _replace(model, name, FakeQuantLinear(model.get_submodule(name), reduce_range, averaging_constant))
+        _replace(model, name, FakeQuantLinear(model.get_submodule(name), recipe, averaging_constant))
     for name in embedding_names:
-        _replace(model, name, FakeQuantEmbedding(model.get_submodule(name), reduce_range))
+        _replace(model, name, FakeQuantEmbedding(model.get_submodule(name)))
 
 
 def freeze_observers(model: nn.Module) -> int:

@@ -1,91 +1,83 @@
-"""INT8 building blocks shared by PTQ and QAT: one deployment recipe, so the two are comparable.
+"""INT8 building blocks shared by PTQ and QAT: one recipe (`recipe.Int8Recipe`), one deployment path.
 
 The deployment format is an ONNX Runtime QDQ graph (`model.onnx` in a variant folder with
 `"format": "onnx"`), run by the common loader in onnxruntime, where the CPU execution provider
 fuses DequantizeLinear -> MatMul into `MatMulIntegerToFloat` (integer GEMM, float output).
 
-What is quantized (the recipe, `RECIPE` below):
+What the static recipes quantize (types, symmetry and ranges come from the recipe):
 - the encoder's Linear layers (Q, K, V, attention output, FFN in, FFN out: the MatMuls with a
-  constant weight, 97% of the multiply-adds): weights INT8 per output channel, symmetric;
-  their input activations UINT8 per tensor, asymmetric, range calibrated on training sentences;
-- the embedding tables are *stored* INT8 with one scale per row (weight-only; the looked-up
-  rows are dequantized, everything after the lookup runs in FP32). Without this the FP32 word
-  embeddings alone (30522 x 768) are 21% of FinBERT's FP32 size;
+  constant weight, 97% of the multiply-adds): weights per output channel; their input activations
+  per tensor, range calibrated on training sentences (or learned in QAT). Q, K and V read one tensor
+  and share one QuantizeLinear;
+- the embedding tables are *stored* INT8 with one scale per row (weight-only; the looked-up rows
+  are dequantized, everything after the lookup runs in FP32). Without this the FP32 word embeddings
+  alone (30522 x 768) are 21% of FinBERT's FP32 size;
 - FP32 stays: the embedding LayerNorm, the attention score MatMuls (QK^T and PV: activation x
   activation, ~1% of the multiply-adds at our sentence lengths, and quantizing the softmax output
   costs accuracy for no measurable speed), every LayerNorm, GELU, softmax and residual stream
   (the quantized copy of a tensor feeds only the MatMul; see `keep_residuals_fp32`), and the
-  pooler + classifier head.
+  pooler + classifier head unless the recipe quantizes it.
 QAT fake-quantizes exactly these tensors with the same formulas (`fake_quant.py`).
+
+Every model here is exported, evaluated and run through the common loader (`export_onnx`,
+`ensure_onnx_export`, `OnnxPredictor`), so the F1 an INT8 stage records is the F1 the benchmark measures.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
+import torch
 from onnx import helper, numpy_helper
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_dynamic,
-    quantize_static,
-)
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from fincompress.common.data import MAX_LENGTH, data_fingerprint, read_split
+from fincompress.common import cli
+from fincompress.common.data import MAX_LENGTH, read_split
 from fincompress.common.hub_models import set_project_labels
-from fincompress.common.loader import ONNX_INPUTS, export_onnx, load_fp32_model
-from fincompress.common.metrics import classification_metrics
-from fincompress.common.paths import FinCompressError, variant_dir
-from fincompress.common.variants import ONNX_FILE, read_info, save_variant
-from fincompress.quantization.fake_quant import int8_weight_range
+from fincompress.common.loader import OnnxPredictor, cpu_flags, encode_texts, quiet_logger
+from fincompress.common.metrics import metrics_from_probabilities
+from fincompress.common.paths import FinCompressError
+from fincompress.common.variants import ONNX_FILE, add_output_arguments, save_variant, variant_name
+from fincompress.quantization.fake_quant import integer_rows
+from fincompress.quantization.graph_rewrites import (
+    FUSED_MODULES,
+    bert_fusions,
+    fold_bias_adds,
+    fuse_shared_input_linears,
+)
+from fincompress.quantization.recipe import (
+    CALIBRATION_METHODS,
+    EMBEDDINGS,
+    HEAD,
+    Int8Recipe,
+    resolve_recipe,
+)
 
 log = logging.getLogger("fincompress.quantization")
 
-# The deployment recipe PTQ and QAT share (see the module docstring for the reasons).
-RECIPE = {
-    "format": "QDQ",                  # QOperator is legacy; ORT's CPU kernels are tuned for QDQ graphs
-    "weight_type": "int8",            # symmetric, per output channel
-    "activation_type": "uint8",       # asymmetric, per tensor: U8S8 is MLAS's fast integer GEMM on x86
-                                      # (int8 activations measured 6x slower on this AVX2 host)
-    "per_channel": True,
-    "reduce_range": False,            # 7-bit weights only help non-VNNI CPUs that saturate (opt-in flag)
-    "quantized_groups": "layer.*",    # encoder layers; "embeddings" (int8 storage) and "head" are switches
-    "embeddings_int8_storage": True,
-    "calibration_batch_size": 1,      # one sentence per call: no padding positions in the ranges
+# checkpoint_info.json "technique" of each INT8 stage (prepare_output compares it before replacing a variant).
+TECHNIQUES = {
+    "ptq": "INT8 post-training static quantization (ORT QDQ, calibrated)",
+    "dynamic": "INT8 dynamic quantization (ORT quantize_dynamic defaults, no calibration)",
+    "qat": "INT8 quantization-aware training (fake quant + STE, ORT QDQ deployment)",
 }
-CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                       "entropy": CalibrationMethod.Entropy}
-EMBEDDINGS, HEAD = "embeddings", "head"
+EVALUATED_SPLITS = ("val", "test")
 _LAYER_RE = re.compile(r"\.layer\.(\d+)\.")
 
 
-# ----------------------------------------------------------------------------- sources and data
-
-def resolve_fp32_source(root: Path, name: str) -> Path:
-    """The folder of an FP32 variant to quantize; a clear error if it is missing or not FP32."""
-    folder = variant_dir(root, name)
-    if not folder.is_dir():
-        raise FinCompressError(f"source variant {name!r} not found at {folder}: train it first "
-                               f"(the teacher: python -m fincompress.teacher.train_teacher --root {root})")
-    info = read_info(folder)
-    if info.get("format", "pytorch") != "pytorch" or not (folder / "model.safetensors").is_file():
-        raise FinCompressError(f"source variant {name!r} is {info.get('format')!r}, not an FP32 PyTorch "
-                               "checkpoint: quantize the FP32 model it was made from instead")
-    return folder
-
+# ----------------------------------------------------------------------------- data
 
 def calibration_texts(root: Path, count: int, seed: int) -> list[str]:
     """`count` training sentences drawn at random (seeded): what the deployed model will see."""
@@ -95,11 +87,9 @@ def calibration_texts(root: Path, count: int, seed: int) -> list[str]:
     return train.sample(n=min(count, len(train)), random_state=seed)["text"].tolist()
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-           pad_to: int | None = None) -> dict[str, np.ndarray]:
-    padding = {"padding": "max_length", "max_length": pad_to} if pad_to else {"padding": True, "max_length": MAX_LENGTH}
-    encoded = tokenizer(list(texts), truncation=True, return_tensors="np", return_token_type_ids=True, **padding)
-    return {k: encoded[k].astype(np.int64) for k in ONNX_INPUTS}
+def evaluation_splits(root: Path) -> dict[str, pd.DataFrame]:
+    """The splits an INT8 variant is scored on, read when the stage starts (a missing file fails early)."""
+    return {split: read_split(root, split) for split in EVALUATED_SPLITS}
 
 
 class TextCalibrationReader(CalibrationDataReader):
@@ -107,15 +97,16 @@ class TextCalibrationReader(CalibrationDataReader):
 
     fixed_shape: pad every batch to the longest calibration sentence. ORT's histogram calibrators
     (percentile, entropy) stack the outputs of all calls and need equal shapes; min/max does not,
-    and then no padding positions enter the ranges.
+    and then no padding positions enter the ranges. Tokenized by the loader's `encode_texts`.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                 batch_size: int = RECIPE["calibration_batch_size"], fixed_shape: bool = False):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 1,
+                 fixed_shape: bool = False):
         texts = list(texts)
         pad_to = max(len(ids) for ids in tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]) \
             if fixed_shape else None
-        self.batches = [encode(tokenizer, texts[i:i + batch_size], pad_to) for i in range(0, len(texts), batch_size)]
+        self.batches = [encode_texts(tokenizer, texts[i:i + batch_size], pad_to=pad_to)
+                        for i in range(0, len(texts), batch_size)]
         self.position = 0
 
     def get_next(self) -> dict | None:
@@ -131,8 +122,10 @@ class TextCalibrationReader(CalibrationDataReader):
         self.position = 0
 
 
-def calibration_reader(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], method: str) -> TextCalibrationReader:
-    return TextCalibrationReader(tokenizer, texts, fixed_shape=method != "minmax")
+def calibration_reader(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+                       recipe: Int8Recipe) -> TextCalibrationReader:
+    return TextCalibrationReader(tokenizer, texts, recipe.calibration_batch_size,
+                                 fixed_shape=recipe.calibration_method != "minmax")
 
 
 # ----------------------------------------------------------------------------- which nodes
@@ -145,6 +138,11 @@ class LinearNode:
     module: str
     input_tensor: str
     group: str
+    modules: tuple[str, ...] = ()  # every module a fused MatMul stands for (Q, K, V); else (module,)
+
+    def __post_init__(self) -> None:
+        if not self.modules:
+            object.__setattr__(self, "modules", (self.module,))
 
 
 def module_group(module: str) -> str:
@@ -164,11 +162,14 @@ def linear_nodes(model: onnx.ModelProto) -> list[LinearNode]:
             continue
         scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
         if scopes is None:
-            raise FinCompressError(f"ONNX node {node.name} has no torch name scope: export the source with "
-                                   "fincompress.common.variants.export_onnx (dynamo exporter)")
+            raise FinCompressError(f"ONNX node {node.name} has no torch name scope: the graph was not made by "
+                                   "fincompress.common.loader.export_onnx; delete the source's onnx/ folder so it "
+                                   "is exported again")
         names = [s.strip(" '\"") for s in scopes.strip("[]").split(",")]
         module = names[-2] if len(names) >= 2 else names[-1]
-        found.append(LinearNode(node.name, module, node.input[0], module_group(module)))
+        fused = next((p.value for p in node.metadata_props if p.key == FUSED_MODULES), None)
+        modules = tuple(fused.split(",")) if fused else (module,)
+        found.append(LinearNode(node.name, modules[0], node.input[0], module_group(modules[0]), modules))
     return found
 
 
@@ -187,70 +188,62 @@ def all_groups(model: onnx.ModelProto) -> list[str]:
 # ----------------------------------------------------------------------------- quantization
 
 def quantize_static_qdq(fp32_path: Path, out_path: Path, reader: CalibrationDataReader | None, groups: Iterable[str],
-                        method: str = "minmax", reduce_range: bool = RECIPE["reduce_range"],
-                        activation_ranges: dict[str, tuple[float, float]] | None = None,
+                        recipe: Int8Recipe, activation_ranges: dict[str, tuple[float, float]] | None = None,
                         cache_path: Path | None = None) -> Path:
     """Static QDQ INT8 of the Linear nodes in `groups` (+ INT8 embedding storage if "embeddings" is in it).
 
+    Types, symmetry, per-channel, reduce_range, the calibration method and the graph rewrites
+    (graph_rewrites.py: Q/K/V fusion, bias folding, ORT's BERT fusions) come from `recipe`.
     activation_ranges: {torch module name: (rmin, rmax)} forced on the Linear inputs (QAT's learned
     ranges, through ORT's TensorQuantOverrides) instead of the calibrated ones.
     cache_path: ORT calibration cache; when it exists calibration is not run again (sensitivity runs).
     """
+    if not recipe.is_static:
+        raise ValueError(f"recipe {recipe.name!r} is not a static recipe")
     groups = set(groups)
-    model = onnx.load(str(fp32_path))
-    nodes = [n for n in linear_nodes(model) if n.group in groups]
-    if method not in CALIBRATION_METHODS:
-        raise FinCompressError(f"unknown calibration method {method!r}; choose from {sorted(CALIBRATION_METHODS)}")
-    extra = {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],  # float output: MatMulIntegerToFloat
-             "WeightSymmetric": True, "ActivationSymmetric": False}
-    if activation_ranges:
-        extra["TensorQuantOverrides"] = tensor_overrides(nodes, activation_ranges)
-    with tempfile.TemporaryDirectory(prefix="fincompress-q-") as tmp, quiet_root_logger():
+    # ORT's quantizer advises quant_pre_process on the root logger; we skip it on purpose: the export
+    # already carries shapes, and pre-processing renames nodes (losing the torch name scopes we select by).
+    with tempfile.TemporaryDirectory(prefix="fincompress-q-") as tmp, quiet_logger(""):
+        model = bert_fusions(fp32_path) if recipe.transformer_optimizer else onnx.load(str(fp32_path))
+        nodes = [n for n in linear_nodes(model) if n.group in groups]
+        if recipe.fuse_qkv:
+            fuse_shared_input_linears(model, {n.node: n.module for n in nodes})
+            nodes = [n for n in linear_nodes(model) if n.group in groups]
+        prepared = save_onnx(model, Path(tmp) / "prepared.onnx")
+        extra = {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],  # float output: MatMulIntegerToFloat
+                 **recipe.ort_extra_options()}
+        if recipe.transformer_optimizer:  # fused contrib ops carry no output types: say they are float
+            extra["DefaultTensorType"] = onnx.TensorProto.FLOAT
+        if activation_ranges:
+            extra["TensorQuantOverrides"] = tensor_overrides(nodes, activation_ranges)
         staged = Path(tmp) / "q.onnx"
         if nodes:
             if reader is not None and hasattr(reader, "rewind"):
                 reader.rewind()
-            quantize_static(str(fp32_path), str(staged), reader, quant_format=QuantFormat.QDQ,
+            quantize_static(str(prepared), str(staged), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=[n.node for n in nodes],
-                            per_channel=RECIPE["per_channel"], reduce_range=reduce_range,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CALIBRATION_METHODS[method], extra_options=extra,
+                            per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                            activation_type=recipe.ort_activation_type, weight_type=recipe.ort_weight_type,
+                            calibrate_method=recipe.ort_calibration_method, extra_options=extra,
                             calibration_cache_path=str(cache_path) if cache_path else None)
             quantized = onnx.load(str(staged))
         else:
             quantized = model
         keep_residuals_fp32(quantized)
         if EMBEDDINGS in groups:
-            quantize_embedding_storage(quantized, reduce_range)
+            quantize_embedding_storage(quantized)
+        if recipe.fold_bias:
+            fold_bias_adds(quantized)
         save_onnx(quantized, out_path)
     return out_path
-
-
-@contextmanager
-def quiet_root_logger():
-    """ORT's quantizer logs advice on the root logger (run quant_pre_process); we skip it on purpose.
-
-    quant_pre_process = symbolic shape inference + ORT's basic graph optimisations + shape
-    inference. The dynamo export already carries shapes, the nodes we quantize are plain MatMuls
-    selected by name (pre-processing would rename/fuse nodes and lose the torch name scopes that
-    map them to modules), and ORT applies its fusions when the session opens, after QDQ insertion.
-    """
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def tensor_overrides(nodes: Sequence[LinearNode], ranges: dict[str, tuple[float, float]]) -> dict:
     """ORT TensorQuantOverrides pinning each quantized Linear input to a given (rmin, rmax)."""
     by_tensor: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for node in nodes:
-        if node.module in ranges:
-            by_tensor[node.input_tensor].append(ranges[node.module])
-    missing = [n.module for n in nodes if n.module not in ranges]
+        by_tensor[node.input_tensor] += [ranges[m] for m in node.modules if m in ranges]
+    missing = [m for n in nodes for m in n.modules if m not in ranges]
     if missing:
         raise FinCompressError(f"no learned activation range for {missing[:3]}: QAT and PTQ disagree on the "
                                "quantized layers")
@@ -283,15 +276,15 @@ def keep_residuals_fp32(model: onnx.ModelProto) -> int:
     return rewired
 
 
-def quantize_embedding_storage(model: onnx.ModelProto, reduce_range: bool = False) -> list[str]:
+def quantize_embedding_storage(model: onnx.ModelProto) -> list[str]:
     """Store every embedding table (Gather from a 2-D float initializer) as INT8 with one scale per row.
 
-    Gather(table, ids) becomes Gather(table_int8, ids) * Gather(row_scales, ids): only the looked-up
-    rows are dequantized, so lookup cost does not grow with the vocabulary. Symmetric, same formula
-    as the per-channel weights (`fake_quant.weight_scales`). Returns the quantized table names.
+    Gather(table, ids) becomes Cast(Gather(table_int8, ids)) * Gather(row_scales, ids): only the
+    looked-up rows are dequantized, so lookup cost does not grow with the vocabulary. The integers are
+    `fake_quant.integer_rows` of the table: exactly the grid QAT's fake-quantized embeddings train on.
+    Returns the quantized table names.
     """
     tables = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
-    qmin, qmax = int8_weight_range(reduce_range)
     new_nodes, done = [], []
     for node in model.graph.node:
         if node.op_type != "Gather" or node.input[0] not in tables:
@@ -299,13 +292,12 @@ def quantize_embedding_storage(model: onnx.ModelProto, reduce_range: bool = Fals
             continue
         name = node.input[0]
         if name not in done:
-            table = numpy_helper.to_array(tables[name]).astype(np.float32)
-            scales = np.abs(table).max(axis=1, keepdims=True) / qmax
-            scales[scales == 0] = 1.0
-            quantized = np.clip(np.rint(table / scales), qmin, qmax).astype(np.int8)
+            table = torch.from_numpy(numpy_helper.to_array(tables[name]).astype(np.float32))
+            integers, scales, _ = integer_rows(table, Int8Recipe.embedding_qrange(), symmetric=True)
             model.graph.initializer.remove(tables[name])
-            model.graph.initializer.extend([numpy_helper.from_array(quantized, f"{name}_int8"),
-                                            numpy_helper.from_array(scales.astype(np.float32), f"{name}_row_scale")])
+            model.graph.initializer.extend([
+                numpy_helper.from_array(integers.numpy().astype(np.int8), f"{name}_int8"),
+                numpy_helper.from_array(scales.numpy().reshape(-1, 1).astype(np.float32), f"{name}_row_scale")])
             done.append(name)
         out, ids = node.output[0], node.input[1]
         new_nodes += [
@@ -320,11 +312,15 @@ def quantize_embedding_storage(model: onnx.ModelProto, reduce_range: bool = Fals
     return done
 
 
-def quantize_dynamic_baseline(fp32_path: Path, out_path: Path) -> Path:
-    """The one-liner a user tries first: `quantize_dynamic(in, out)` with ORT's defaults."""
-    with tempfile.TemporaryDirectory(prefix="fincompress-q-") as tmp, quiet_root_logger():
+def quantize_dynamic_graph(fp32_path: Path, out_path: Path, recipe: Int8Recipe) -> Path:
+    """ORT's `quantize_dynamic(in, out)` with the dynamic recipe's weight settings (ORT's defaults)."""
+    if recipe.is_static:
+        raise ValueError(f"recipe {recipe.name!r} is a static recipe")
+    with tempfile.TemporaryDirectory(prefix="fincompress-q-") as tmp, quiet_logger(""):
         staged = Path(tmp) / "q.onnx"
-        quantize_dynamic(str(fp32_path), str(staged), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(fp32_path), str(staged), weight_type=recipe.ort_weight_type,
+                         per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                         extra_options=recipe.ort_extra_options())
         save_onnx(onnx.load(str(staged)), out_path)
     return out_path
 
@@ -336,85 +332,59 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def export_fp32(model, workdir: Path) -> Path:
-    """The FP32 ONNX graph (dynamo exporter) that PTQ, QAT and the dynamic baseline start from."""
-    return export_onnx(model, Path(workdir) / "fp32.onnx")
-
-
-def export_source(source_folder: Path, workdir: Path) -> tuple[Path, PreTrainedTokenizerBase, PretrainedConfig, int]:
-    """Export an FP32 variant: (onnx path, tokenizer, config, parameter count)."""
-    from fincompress.common.variants import count_parameters
-
-    model, tokenizer = load_fp32_model(source_folder)
-    return export_fp32(model, workdir), tokenizer, model.config, count_parameters(model)
-
-
 # ----------------------------------------------------------------------------- evaluation and saving
 
-def onnx_session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def onnx_predictions(path: Path, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                     batch_size: int = 32) -> np.ndarray:
-    """Predicted class per text from an ONNX model in onnxruntime (outputs in project label order)."""
-    session = onnx_session(path)
-    names = [i.name for i in session.get_inputs()]
-    predictions = []
-    for start in range(0, len(texts), batch_size):
-        encoded = encode(tokenizer, texts[start:start + batch_size])
-        predictions.append(session.run(None, {k: encoded[k] for k in names})[0].argmax(-1))
-    return np.concatenate(predictions)
-
-
-def evaluate_onnx(path: Path, tokenizer: PreTrainedTokenizerBase, root: Path, split: str) -> dict:
-    frame = read_split(root, split)
-    return classification_metrics(frame["label"].to_numpy(), onnx_predictions(path, tokenizer, frame["text"].tolist()))
-
-
-def save_int8_variant(root: Path, name: str, onnx_path: Path, tokenizer: PreTrainedTokenizerBase,
-                      config: PretrainedConfig, info: dict) -> Path:
-    """Write checkpoints/<name>/ (model.onnx, tokenizer, config.json, checkpoint_info.json) atomically."""
+def stage_variant_files(folder: Path, onnx_path: Path, tokenizer: PreTrainedTokenizerBase,
+                        config: PretrainedConfig) -> Path:
+    """Write what an INT8 variant folder holds (model.onnx, tokenizer, config.json) into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_path, folder / ONNX_FILE)
+    tokenizer.save_pretrained(folder)
     set_project_labels(config)  # the graph's outputs are in project order (the source was)
-
-    def write(folder: Path) -> None:
-        shutil.copyfile(onnx_path, folder / ONNX_FILE)
-        tokenizer.save_pretrained(folder)
-        config.save_pretrained(folder)
-
-    info = {"format": "onnx", "runtime": "onnxruntime", "data_fingerprint": data_fingerprint(root), **info}
-    return save_variant(variant_dir(root, name), write, info)
+    config.save_pretrained(folder)
+    return folder
 
 
-def evaluate_and_save(root: Path, name: str, onnx_path: Path, tokenizer: PreTrainedTokenizerBase,
-                      config: PretrainedConfig, info: dict) -> dict:
-    """Measure val/test macro F1 of the INT8 graph in onnxruntime, then save the variant."""
-    val = evaluate_onnx(onnx_path, tokenizer, root, "val")
-    test = evaluate_onnx(onnx_path, tokenizer, root, "test")
-    info = {**info, "val_macro_f1": val["macro_f1"], "val_metrics": val, "test_metrics": test}
-    dest = save_int8_variant(root, name, onnx_path, tokenizer, config, info)
-    print(f"{name}: val macro F1 {val['macro_f1']:.4f}, test macro F1 {test['macro_f1']:.4f} "
-          f"(accuracy {test['accuracy']:.4f}), {read_info(dest)['size_mb']:.1f} MB -> {dest}")
-    return {**info, "path": str(dest)}
+def staged_metrics(folder: Path, splits: dict[str, pd.DataFrame]) -> dict[str, dict]:
+    """Metrics of the model in a staged variant folder on each split, measured as the benchmark
+    measures them: the loader's OnnxPredictor (same tokenisation, same ORT session settings)."""
+    predictor = OnnxPredictor(folder, {}, Path(folder) / ONNX_FILE)
+    return {split: metrics_from_probabilities(frame["label"].to_numpy(),
+                                              predictor.predict_proba(frame["text"].tolist()))
+            for split, frame in splits.items()}
 
 
-def add_recipe_arguments(parser, calibration_samples: int, seed: int | None) -> None:
-    """Flags PTQ and QAT share: the source, calibration data and the recipe switches."""
-    parser.add_argument("--source", default="teacher",
+def evaluate_and_save(dest: Path, staged: Path, info: dict, splits: dict[str, pd.DataFrame]) -> dict:
+    """Score the staged INT8 variant on val and test, then save it as `dest` (atomically)."""
+    metrics = staged_metrics(staged, splits)
+    val, test = metrics["val"], metrics["test"]
+    info = {"format": "onnx", "runtime": "onnxruntime", **info, "val_macro_f1": val["macro_f1"],
+            "val_metrics": val, "test_metrics": test}
+    saved = save_variant(dest, lambda folder: shutil.copytree(staged, folder, dirs_exist_ok=True), info)
+    print(f"{dest.name}: val macro F1 {val['macro_f1']:.4f}, test macro F1 {test['macro_f1']:.4f} "
+          f"(accuracy {test['accuracy']:.4f}) -> {saved}")
+    return {**info, "path": str(saved)}
+
+
+# ----------------------------------------------------------------------------- flags -> recipe
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, *, calibration_samples: int, seed: int | None,
+                         recipes: Sequence[str]) -> None:
+    """Flags PTQ and QAT share: the source, the output, the recipe and its switches, calibration data."""
+    parser.add_argument("--source", type=variant_name, default="teacher",
                         help="FP32 variant under checkpoints/ to quantize (default teacher)")
-    parser.add_argument("--output-name", help="variant folder to write (default <source>_<technique>_int8)")
-    parser.add_argument("--calibration-samples", type=int, default=calibration_samples,
+    add_output_arguments(parser, None)
+    parser.add_argument("--recipe", choices=["auto", *recipes], default="auto",
+                        help="INT8 recipe (fincompress/quantization/recipe.py): auto picks the static recipe "
+                        "measured fastest on this CPU's instruction set; default auto")
+    parser.add_argument("--calibration-samples", type=cli.positive_int, default=calibration_samples,
                         help=f"training sentences used to calibrate activation ranges (default {calibration_samples}; "
                         "a small number is the smoke setting)")
-    parser.add_argument("--calibration-method", choices=sorted(CALIBRATION_METHODS), default="minmax",
+    parser.add_argument("--calibration-method", choices=sorted(CALIBRATION_METHODS), default=None,
                         help="how activation ranges are set from the calibration data: minmax (observed range), "
-                        "percentile (99.999th, clips outliers) or entropy (KL-optimal threshold); default minmax")
+                        "percentile (99.999th, clips outliers) or entropy (KL-optimal threshold); default: the "
+                        "recipe's (minmax)")
     parser.add_argument("--fp32-embeddings", action="store_true",
                         help="keep the embedding tables FP32 instead of INT8 storage with per-row scales "
                         "(bigger file: the word table is 21%% of FinBERT's FP32 size)")
@@ -423,24 +393,33 @@ def add_recipe_arguments(parser, calibration_samples: int, seed: int | None) -> 
     parser.add_argument("--reduce-range", action="store_true",
                         help="7-bit weights: avoids int16 saturation of the U8S8 kernel on x86 CPUs without VNNI")
     if seed is not None:  # training stages get --seed from add_train_arguments
-        parser.add_argument("--seed", type=int, default=seed, help="random seed (calibration sample)")
+        parser.add_argument("--seed", type=cli.non_negative_int, default=seed,
+                            help=f"random seed of the calibration sample (default {seed})")
 
 
-def check_recipe_arguments(args) -> None:
-    """Reject bad numbers before any slow export or training starts."""
-    if args.calibration_samples < 1:
-        raise FinCompressError(f"--calibration-samples must be >= 1 (got {args.calibration_samples})")
+STATIC_ONLY_FLAGS = ("calibration_method", "fp32_embeddings", "quantize_head")
 
 
-def recipe_groups(available: Iterable[str], args) -> list[str]:
-    """The groups the recipe quantizes: every encoder layer, embeddings unless --fp32-embeddings,
-    the head only with --quantize-head."""
-    available = list(available)
-    layers = [g for g in available if g.startswith("layer.")]
-    return ([EMBEDDINGS] if not args.fp32_embeddings else []) + layers + ([HEAD] if args.quantize_head else [])
+def recipe_from_args(args: argparse.Namespace) -> tuple[Int8Recipe, dict]:
+    """The recipe the flags ask for (`--recipe`, then the switches), and how it was chosen."""
+    recipe, choice = resolve_recipe(args.recipe, cpu_flags())
+    if not recipe.is_static:
+        given = [f"--{flag.replace('_', '-')}" for flag in STATIC_ONLY_FLAGS if getattr(args, flag)]
+        if given:
+            raise FinCompressError(f"{', '.join(given)} apply to static recipes, not {recipe.name!r} "
+                                   "(ORT's quantize_dynamic defaults); drop them or choose a static --recipe")
+    changes = {"reduce_range": recipe.reduce_range or args.reduce_range}
+    if recipe.is_static:
+        changes |= {"quantize_embeddings": recipe.quantize_embeddings and not args.fp32_embeddings,
+                    "quantize_head": recipe.quantize_head or args.quantize_head,
+                    "calibration_method": args.calibration_method or recipe.calibration_method}
+    return recipe.replace(**changes), choice
 
 
-def recipe_description(args, groups: Sequence[str]) -> dict:
-    return {**RECIPE, "embeddings_int8_storage": not args.fp32_embeddings, "reduce_range": args.reduce_range,
-            "quantized_groups": list(groups), "calibration_samples": args.calibration_samples,
-            "calibration_method": args.calibration_method, "seed": args.seed}
+def recipe_hyperparameters(recipe: Int8Recipe, choice: dict, groups: Sequence[str], args: argparse.Namespace) -> dict:
+    """What checkpoint_info.json records about how a variant was quantized."""
+    values = {"recipe": recipe.as_dict(), "recipe_choice": choice, "quantized_groups": list(groups),
+              "config": args.config_values}
+    if recipe.is_static:
+        values |= {"calibration_samples": args.calibration_samples, "seed": args.seed}
+    return values

@@ -1,15 +1,18 @@
 """INT8 post-training quantization of an FP32 variant for ONNX Runtime (static, calibrated; or the dynamic baseline).
 
-Reads  <root>/checkpoints/<source>/ (an FP32 variant; default the teacher), training sentences
-       from <root>/data/train.csv for calibration, val/test for the recorded metrics.
-Writes <root>/checkpoints/<source>_ptq_int8/ (`--method static`, default): a QDQ INT8 `model.onnx`
+Reads  <root>/checkpoints/<source>/ (an FP32 variant; default the teacher) and its cached FP32 ONNX
+       export <source>/onnx/model.onnx (made by the common loader if missing), training sentences from
+       <root>/data/train.csv for calibration, val/test for the recorded metrics.
+Writes <root>/checkpoints/<source>_ptq_int8/ (a static recipe, the default): a QDQ INT8 `model.onnx`
        (encoder Linear weights INT8 per channel, their inputs UINT8 per tensor with ranges calibrated
        on `--calibration-samples` training sentences, embedding tables INT8 per row, head FP32; see
-       fincompress/quantization/int8.py), tokenizer, config.json and checkpoint_info.json
-       ("format": "onnx": the common loader runs it in onnxruntime), with val and test metrics.
-       `--method dynamic` writes <root>/checkpoints/<source>_dynamic_int8/ instead: ORT's one-liner
-       `quantize_dynamic(in, out)` with its defaults (ranges measured at run time; no calibration),
-       the baseline that shows what calibration and QAT buy.
+       fincompress/quantization/recipe.py and int8.py), tokenizer, config.json and checkpoint_info.json
+       ("format": "onnx": the common loader runs it in onnxruntime) with val and test metrics measured
+       through that loader, the recipe (`hyperparameters.recipe`), and the CPU instruction sets that
+       chose it (`hyperparameters.recipe_choice`).
+       `--recipe dynamic` (alias `--method dynamic`) writes <root>/checkpoints/<source>_dynamic_int8/
+       instead: ORT's one-liner `quantize_dynamic(in, out)` with its defaults (ranges measured at run
+       time; no calibration), the baseline that shows what calibration and QAT buy.
        `--sensitivity` also writes <root>/results/<variant>_sensitivity.csv: validation macro F1 when
        only one group (embeddings, layer.<i>, head) is left FP32 with all others INT8, and when only it
        is INT8.
@@ -19,31 +22,37 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
 import onnx
 import pandas as pd
+from transformers import AutoConfig, AutoTokenizer
 
 from fincompress.common import cli
-from fincompress.common.data import read_split
-from fincompress.common.metrics import classification_metrics
+from fincompress.common.data import data_fingerprint
+from fincompress.common.io import atomic_write_text
+from fincompress.common.loader import ensure_onnx_export, load_variant
+from fincompress.common.metrics import metrics_from_probabilities
 from fincompress.common.paths import FinCompressError, add_root_argument, project_root, results_dir
+from fincompress.common.variants import ONNX_FILE, fp32_variant_dir, prepare_output, read_info
 from fincompress.quantization.int8 import (
+    TECHNIQUES,
     add_recipe_arguments,
     all_groups,
     calibration_reader,
     calibration_texts,
-    check_recipe_arguments,
     evaluate_and_save,
-    export_source,
-    onnx_predictions,
-    quantize_dynamic_baseline,
+    evaluation_splits,
+    quantize_dynamic_graph,
     quantize_static_qdq,
-    recipe_description,
-    recipe_groups,
-    resolve_fp32_source,
+    recipe_from_args,
+    recipe_hyperparameters,
+    stage_variant_files,
+    staged_metrics,
 )
+from fincompress.quantization.recipe import RECIPES, Int8Recipe
 
 log = logging.getLogger("fincompress.ptq")
 
@@ -54,29 +63,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fincompress.quantization.ptq", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_root_argument(parser)
-    parser.add_argument("--method", choices=("static", "dynamic"), default="static",
-                        help="static: calibrated QDQ INT8 -> <source>_ptq_int8 (default); dynamic: ORT "
-                        "quantize_dynamic with defaults -> <source>_dynamic_int8 (baseline)")
-    add_recipe_arguments(parser, CONFIG["calibration_samples"], CONFIG["seed"])
+    parser.add_argument("--method", choices=("static", "dynamic"), default=None,
+                        help="static: a calibrated QDQ recipe -> <source>_ptq_int8 (default); dynamic: the same as "
+                        "--recipe dynamic -> <source>_dynamic_int8 (baseline)")
+    add_recipe_arguments(parser, calibration_samples=CONFIG["calibration_samples"], seed=CONFIG["seed"],
+                         recipes=list(RECIPES))
     parser.add_argument("--sensitivity", action="store_true",
                         help="also write results/<variant>_sensitivity.csv (per-group val macro F1; one extra "
                         "quantization + validation pass per group and direction)")
     return parser
 
 
-def sensitivity_report(root: Path, fp32_path: Path, tokenizer, reader, args, workdir: Path) -> pd.DataFrame:
-    """Val macro F1 with one group left FP32 (all others INT8) and with only that group INT8."""
-    val = read_split(root, "val")
-    texts, labels = val["text"].tolist(), val["label"].to_numpy()
+def reconcile_method(args: argparse.Namespace) -> None:
+    """`--method` is the older name of the static/dynamic choice: fold it into `--recipe`."""
+    if args.method is None:
+        return
+    if args.method == "dynamic" and args.recipe not in ("auto", "dynamic"):
+        raise FinCompressError(f"--method dynamic contradicts --recipe {args.recipe}; give one of them")
+    if args.method == "static" and args.recipe == "dynamic":
+        raise FinCompressError("--method static contradicts --recipe dynamic; give one of them")
+    if args.method == "dynamic":
+        args.recipe = "dynamic"
+
+
+def default_output_name(source: str, recipe: Int8Recipe) -> str:
+    return f"{source}_ptq_int8" if recipe.is_static else f"{source}_dynamic_int8"
+
+
+def sensitivity_report(val: pd.DataFrame, source: Path, fp32_path: Path, staged: Path, reader, recipe: Int8Recipe,
+                       workdir: Path) -> pd.DataFrame:
+    """Val macro F1 with one group left FP32 (all others INT8) and with only that group INT8.
+
+    `staged` is the saved variant's folder in the making (tokenizer, config): each configuration is
+    quantized into a copy of it and scored through the loader, like the variant itself.
+    """
     groups = all_groups(onnx.load(str(fp32_path), load_external_data=False))
     cache = workdir / "calibration_cache.json"  # calibrate once, reuse the ranges for every configuration
+    trial = workdir / "sensitivity"
+    shutil.copytree(staged, trial, ignore=shutil.ignore_patterns(ONNX_FILE))  # tokenizer and config
 
     def f1_with(quantized: list[str]) -> float:
-        path = quantize_static_qdq(fp32_path, workdir / "sensitivity.onnx", reader, quantized,
-                                   args.calibration_method, args.reduce_range, cache_path=cache)
-        return classification_metrics(labels, onnx_predictions(path, tokenizer, texts))["macro_f1"]
+        quantize_static_qdq(fp32_path, trial / ONNX_FILE, reader, quantized, recipe, cache_path=cache)
+        return staged_metrics(trial, {"val": val})["val"]["macro_f1"]
 
-    fp32 = classification_metrics(labels, onnx_predictions(fp32_path, tokenizer, texts))["macro_f1"]
+    fp32 = metrics_from_probabilities(val["label"].to_numpy(), load_variant(source, runtime="onnxruntime")
+                                      .predict_proba(val["text"].tolist()))["macro_f1"]
     everything = f1_with(groups)
     rows = [{"group": "(none: FP32 source)", "macro_f1_only_this_fp32": fp32, "macro_f1_only_this_int8": fp32},
             {"group": "(all groups INT8)", "macro_f1_only_this_fp32": everything,
@@ -92,36 +123,38 @@ def sensitivity_report(root: Path, fp32_path: Path, tokenizer, reader, args, wor
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = cli.parse_args(build_parser(), argv)
     root = project_root(args.root)
-    check_recipe_arguments(args)
-    source = resolve_fp32_source(root, args.source)
-    technique = "ptq" if args.method == "static" else "dynamic"
-    name = args.output_name or f"{args.source}_{technique}_int8"
-    if name == args.source:
-        raise FinCompressError("--output-name must differ from --source (the source is never overwritten)")
+    fingerprint = data_fingerprint(root)  # the data this run reads; saving refuses if it changes meanwhile
+    reconcile_method(args)
+    recipe, choice = recipe_from_args(args)
+    if args.sensitivity and not recipe.is_static:
+        raise FinCompressError("--sensitivity measures a static recipe's groups; drop it for the dynamic recipe")
+    source = fp32_variant_dir(root, args.source)
+    name = args.output_name or default_output_name(args.source, recipe)
+    technique = TECHNIQUES["ptq" if recipe.is_static else "dynamic"]
+    dest = prepare_output(root, name, technique=technique, inputs=[args.source], overwrite=args.overwrite)
+    splits = evaluation_splits(root)
+    texts = calibration_texts(root, args.calibration_samples, args.seed) if recipe.is_static else []
+    tokenizer, config = AutoTokenizer.from_pretrained(source), AutoConfig.from_pretrained(source)
+    fp32_path = ensure_onnx_export(source)  # the loader's cached export: the graph the benchmark runs in FP32
+    info = {"model_name": name, "technique": technique, "source_checkpoint": args.source,
+            "num_parameters": read_info(source)["num_parameters"], "data_fingerprint": fingerprint}
     with tempfile.TemporaryDirectory(prefix="fincompress-ptq-") as tmp:
         workdir = Path(tmp)
-        fp32_path, tokenizer, config, num_parameters = export_source(source, workdir)
-        info = {"model_name": name, "source_checkpoint": args.source, "num_parameters": num_parameters}
-        if args.method == "dynamic":
-            path = quantize_dynamic_baseline(fp32_path, workdir / "int8.onnx")
-            info |= {"technique": "INT8 dynamic quantization (ORT quantize_dynamic defaults, no calibration)",
-                     "hyperparameters": {"quantize_dynamic": "defaults (weight_type QInt8, per-tensor, all ops)"}}
-            return evaluate_and_save(root, name, path, tokenizer, config, info)
-        texts = calibration_texts(root, args.calibration_samples, args.seed)
-        reader = calibration_reader(tokenizer, texts, args.calibration_method)
-        groups = recipe_groups(all_groups(onnx.load(str(fp32_path), load_external_data=False)), args)
-        path = quantize_static_qdq(fp32_path, workdir / "int8.onnx", reader, groups, args.calibration_method,
-                                   args.reduce_range)
-        info |= {"technique": "INT8 post-training static quantization (ORT QDQ, calibrated)",
-                 "hyperparameters": recipe_description(args, groups)}
-        result = evaluate_and_save(root, name, path, tokenizer, config, info)
+        if recipe.is_static:
+            reader = calibration_reader(tokenizer, texts, recipe)
+            groups = recipe.quantized_groups(all_groups(onnx.load(str(fp32_path), load_external_data=False)))
+            int8_path = quantize_static_qdq(fp32_path, workdir / "int8.onnx", reader, groups, recipe)
+        else:
+            groups = ["all ops onnxruntime quantizes by default"]
+            int8_path = quantize_dynamic_graph(fp32_path, workdir / "int8.onnx", recipe)
+        staged = stage_variant_files(workdir / "variant", int8_path, tokenizer, config)
+        info["hyperparameters"] = recipe_hyperparameters(recipe, choice, groups, args)
+        result = evaluate_and_save(dest, staged, info, splits)
         if args.sensitivity:
-            frame = sensitivity_report(root, fp32_path, tokenizer, reader, args, workdir)
-            out = results_dir(root) / f"{name}_sensitivity.csv"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(out, index=False)
+            frame = sensitivity_report(splits["val"], source, fp32_path, staged, reader, recipe, workdir)
+            out = atomic_write_text(results_dir(root) / f"{name}_sensitivity.csv", frame.to_csv(index=False))
             print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
             print(f"wrote {out}")
             result["sensitivity"] = str(out)

@@ -3,15 +3,16 @@
 Reads  <root>/checkpoints/<source>/ (an FP32 variant; default the teacher) and <root>/data/*.csv.
 Writes <root>/checkpoints/<source>_qat_int8/: the same ORT QDQ INT8 deployment format as
        `fincompress.quantization.ptq` (model.onnx, tokenizer, config.json, checkpoint_info.json with
-       "format": "onnx", val and test metrics measured in onnxruntime), and a training curve
-       <root>/logs/<source>_qat_int8_<time>.csv.
+       "format": "onnx", the recipe, val and test metrics measured through the common loader), and a
+       training curve <root>/logs/<source>_qat_int8_<time>.csv.
 
-Fake quantization sits on exactly the tensors PTQ quantizes (fincompress/quantization/int8.py):
-every encoder Linear weight (INT8 per output channel, symmetric) and its input (UINT8 per tensor,
-range from a moving-average min/max observer), the embedding tables (INT8 per row) unless
-`--fp32-embeddings`, the head only with `--quantize-head`. Gradients pass through the
-straight-through estimator. The observers are frozen after `--observer-warmup-steps` optimiser
-steps, so the rest of training adapts the weights to fixed activation grids.
+Fake quantization sits on exactly the tensors PTQ quantizes, with the types and ranges of the same
+static recipe (fincompress/quantization/recipe.py, `--recipe`): every encoder Linear weight (per
+output channel) and its input (per tensor, range from a moving-average min/max observer), the
+embedding tables (INT8 per row) unless `--fp32-embeddings`, the head only with `--quantize-head`.
+Gradients pass through the straight-through estimator. The observers are frozen after
+`--observer-warmup-steps` optimiser steps (at most half the run), so the rest of training adapts the
+weights to fixed activation grids.
 
 Conversion: the trained FP32 weights are exported and quantized by the PTQ code path, with each
 Linear input pinned to the range QAT learned (ORT TensorQuantOverrides) rather than re-calibrated:
@@ -32,47 +33,56 @@ from accelerate import Accelerator
 from torch import nn
 
 from fincompress.common import cli
-from fincompress.common.data import split_loader
-from fincompress.common.loader import load_fp32_model
+from fincompress.common.data import data_fingerprint, split_loader
+from fincompress.common.loader import export_onnx, load_fp32_model
 from fincompress.common.paths import FinCompressError, add_root_argument, project_root
-from fincompress.common.training import TrainConfig, add_train_arguments, describe, fit, train_config_from_args
-from fincompress.common.variants import count_parameters
+from fincompress.common.training import (
+    TrainConfig,
+    add_train_arguments,
+    describe,
+    fit,
+    planned_steps,
+    train_config_from_args,
+)
+from fincompress.common.variants import count_parameters, fp32_variant_dir, prepare_output
 from fincompress.quantization.fake_quant import convert_qat, freeze_observers, prepare_qat
 from fincompress.quantization.int8 import (
-    EMBEDDINGS,
-    HEAD,
+    TECHNIQUES,
     add_recipe_arguments,
     all_groups,
     calibration_reader,
     calibration_texts,
-    check_recipe_arguments,
     evaluate_and_save,
-    export_fp32,
+    evaluation_splits,
     module_group,
     ordered_groups,
     quantize_static_qdq,
-    recipe_description,
-    recipe_groups,
-    resolve_fp32_source,
+    recipe_from_args,
+    recipe_hyperparameters,
+    stage_variant_files,
 )
+from fincompress.quantization.recipe import EMBEDDINGS, HEAD, RECIPES
 
 log = logging.getLogger("fincompress.qat")
 
-# QAT fine-tunes an already trained model: a few epochs at a small learning rate.
+# QAT fine-tunes an already trained model: at a small learning rate, for at least one full epoch
+# (two by default) so every training sentence is seen under the frozen activation grids.
 DEFAULTS = TrainConfig(epochs=2, batch_size=32, lr=1e-5, weight_decay=0.01, warmup_fraction=0.1,
                        grad_clip=1.0, patience=1, seed=42)
 CONFIG = {"observer_warmup_steps": 50, "observer_averaging_constant": 0.01,
           # With learned ranges ORT's calibration pass still runs (its API needs data) but every
           # quantized range is overridden, so a handful of sentences is enough.
           "calibration_samples": 16, "eval_batch_size": 64}
+STATIC_RECIPES = [name for name, recipe in RECIPES.items() if recipe.is_static]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fincompress.quantization.qat", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_root_argument(parser)
-    add_recipe_arguments(parser, CONFIG["calibration_samples"], seed=None)
-    parser.add_argument("--observer-warmup-steps", type=int, default=CONFIG["observer_warmup_steps"],
+    add_recipe_arguments(parser, calibration_samples=CONFIG["calibration_samples"], seed=None,
+                         recipes=STATIC_RECIPES)
+    parser.add_argument("--observer-warmup-steps", type=cli.positive_int, default=CONFIG["observer_warmup_steps"],
                         help="optimiser steps during which activation ranges are observed; frozen afterwards "
                         f"(default {CONFIG['observer_warmup_steps']}, at most half the run)")
     parser.add_argument("--recalibrate", action="store_true",
@@ -96,6 +106,11 @@ def modules_to_fake_quantize(model: nn.Module, groups: list[str]) -> tuple[list[
     return linears, embeddings
 
 
+def observer_freeze_step(warmup_steps: int, total_steps: int) -> int:
+    """The optimiser step after which activation ranges stop moving: the warm-up, at most half the run."""
+    return max(1, min(warmup_steps, total_steps // 2))
+
+
 def observer_freezer(model: nn.Module, freeze_at: int):
     def after_step(step: int) -> None:
         if step == freeze_at:
@@ -104,30 +119,26 @@ def observer_freezer(model: nn.Module, freeze_at: int):
     return after_step
 
 
-def planned_steps(config: TrainConfig, batches_per_epoch: int) -> int:
-    total = config.epochs * batches_per_epoch
-    return min(total, config.max_steps) if config.max_steps is not None else total
-
-
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = cli.parse_args(build_parser(), argv)
     root = project_root(args.root)
+    fingerprint = data_fingerprint(root)  # the data this run reads; saving refuses if it changes meanwhile
     config = train_config_from_args(args)
-    if args.observer_warmup_steps < 1:
-        raise FinCompressError(f"--observer-warmup-steps must be >= 1 (got {args.observer_warmup_steps})")
-    check_recipe_arguments(args)
-    source = resolve_fp32_source(root, args.source)
+    recipe, choice = recipe_from_args(args)
+    source = fp32_variant_dir(root, args.source)
     name = args.output_name or f"{args.source}_qat_int8"
-    if name == args.source:
-        raise FinCompressError("--output-name must differ from --source (the source is never overwritten)")
+    dest = prepare_output(root, name, technique=TECHNIQUES["qat"], inputs=[args.source], overwrite=args.overwrite)
+    splits = evaluation_splits(root)
+    texts = calibration_texts(root, args.calibration_samples, config.seed)
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
     model, tokenizer = load_fp32_model(source)
-    groups = recipe_groups(torch_groups(model), args)
+    groups = recipe.quantized_groups(torch_groups(model))
     linears, embeddings = modules_to_fake_quantize(model, groups)
-    prepare_qat(model, linears, embeddings, args.reduce_range, CONFIG["observer_averaging_constant"])
+    prepare_qat(model, linears, embeddings, recipe, CONFIG["observer_averaging_constant"])
     train = split_loader(root, "train", tokenizer, batch_size=config.batch_size, shuffle=True, seed=config.seed)
     val = split_loader(root, "val", tokenizer, batch_size=CONFIG["eval_batch_size"])
-    freeze_at = max(1, min(args.observer_warmup_steps, planned_steps(config, len(train)) // 2))
+    freeze_at = observer_freeze_step(args.observer_warmup_steps,
+                                     planned_steps(config, len(train), accelerator.num_processes))
     result = fit(model, train, val, config, root=root, run_name=name, accelerator=accelerator,
                  after_step=observer_freezer(model, freeze_at))
     model = accelerator.unwrap_model(model).cpu().eval()
@@ -135,23 +146,24 @@ def main(argv: list[str] | None = None) -> dict:
     if not accelerator.is_main_process:
         return {}
     with tempfile.TemporaryDirectory(prefix="fincompress-qat-") as tmp:
-        fp32_path = export_fp32(model, Path(tmp))
-        onnx_groups = recipe_groups(all_groups(onnx.load(str(fp32_path), load_external_data=False)), args)
+        workdir = Path(tmp)
+        fp32_path = export_onnx(model, workdir / "fp32.onnx")  # the trained weights: new, so exported here
+        onnx_groups = recipe.quantized_groups(all_groups(onnx.load(str(fp32_path), load_external_data=False)))
         if onnx_groups != groups:
             raise FinCompressError(f"QAT quantized {groups} but the exported graph has {onnx_groups}")
-        reader = calibration_reader(tokenizer, calibration_texts(root, args.calibration_samples, args.seed),
-                                    args.calibration_method)
-        path = quantize_static_qdq(fp32_path, Path(tmp) / "int8.onnx", reader, groups, args.calibration_method,
-                                   args.reduce_range, activation_ranges=None if args.recalibrate else ranges)
-        info = {"model_name": name, "source_checkpoint": args.source, "num_parameters": count_parameters(model),
-                "technique": "INT8 quantization-aware training (fake quant + STE, ORT QDQ deployment)",
-                "hyperparameters": {**describe(config), **recipe_description(args, groups),
+        reader = calibration_reader(tokenizer, texts, recipe)
+        int8_path = quantize_static_qdq(fp32_path, workdir / "int8.onnx", reader, groups, recipe,
+                                        activation_ranges=None if args.recalibrate else ranges)
+        staged = stage_variant_files(workdir / "variant", int8_path, tokenizer, model.config)
+        info = {"model_name": name, "technique": TECHNIQUES["qat"], "source_checkpoint": args.source,
+                "num_parameters": count_parameters(model), "data_fingerprint": fingerprint,
+                "hyperparameters": {**describe(config), **recipe_hyperparameters(recipe, choice, groups, args),
                                     "observer_warmup_steps": freeze_at,
                                     "observer_averaging_constant": CONFIG["observer_averaging_constant"],
                                     "activation_ranges": "calibrated" if args.recalibrate else "learned in QAT"},
                 "fake_quant_val_macro_f1": result.best_metrics["macro_f1"], "steps": result.steps,
                 "best_step": result.best_step, "training_log": str(result.log_path)}
-        return evaluate_and_save(root, name, path, tokenizer, model.config, info)
+        return evaluate_and_save(dest, staged, info, splits)
 
 
 if __name__ == "__main__":
