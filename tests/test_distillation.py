@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -11,7 +10,6 @@ from conftest import save_tiny_model, tiny_bert_config
 from fincompress.common import cli, losses
 from fincompress.common.loader import load_fp32_model, load_variant
 from fincompress.common.paths import FinCompressError
-from fincompress.common.variants import save_fp32_variant
 from fincompress.distillation import intermediate_distillation, kd, soft_label_distillation
 from fincompress.distillation.intermediate_distillation import HiddenProjections, attention_loss, hidden_state_loss
 from fincompress.distillation.student_architecture import StudentSpec, build_student, layer_map
@@ -70,7 +68,7 @@ def eager_attentions(seed: int, **overrides):
     # a wide initialisation gives peaked (not near-uniform) maps, like a trained model's
     config = tiny_bert_config(_attn_implementation="eager", initializer_range=0.5, **overrides)
     model = BertForSequenceClassification(config).eval()
-    inputs = {"input_ids": torch.tensor([[101, 3006, 2253, 102, 0], [101, 5618, 3333, 2000, 102]]),
+    inputs = {"input_ids": torch.tensor([[2, 60, 71, 3, 0], [2, 85, 90, 120, 3]]),
               "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])}
     with torch.no_grad():
         out = model(**inputs, output_attentions=True)
@@ -88,23 +86,6 @@ def test_attention_loss_on_real_eager_maps():
     assert attention_loss(two_head_maps[0], teacher_maps[0], mask).item() > 0
     averaged = teacher_maps[0].mean(1, keepdim=True).expand(-1, 2, -1, -1)
     assert attention_loss(averaged, teacher_maps[0], mask).item() == pytest.approx(0, abs=1e-6)
-
-
-def test_teacher_logit_cache_is_invalidated_when_the_teacher_changes(work_root):
-    folder, teacher, tokenizer = kd.load_teacher(work_root, "teacher")
-    texts = ["Profit rose 5 % .", "Sales fell sharply .", "The meeting is on Monday ."]
-    first, cache = kd.cached_teacher_logits(work_root, folder, teacher, tokenizer, texts)
-    assert not cache["hit"] and first.shape == (3, 3)
-    again, cache_again = kd.cached_teacher_logits(work_root, folder, teacher, tokenizer, texts)
-    assert cache_again["hit"] and cache_again["path"] == cache["path"] and np.array_equal(first, again)
-    _, other_texts = kd.cached_teacher_logits(work_root, folder, teacher, tokenizer, texts[:2])
-    assert other_texts["path"] != cache["path"]
-    with torch.no_grad():  # "retrain" the teacher: same folder, new weights
-        teacher.classifier.bias.add_(torch.tensor([3.0, 0.0, -3.0]))
-    save_fp32_variant(folder, teacher, tokenizer, json.loads((folder / "checkpoint_info.json").read_text()))
-    changed, cache_changed = kd.cached_teacher_logits(work_root, folder, teacher, tokenizer, texts)
-    assert not cache_changed["hit"] and cache_changed["path"] != cache["path"]
-    assert not np.allclose(changed, first)
 
 
 def test_transfer_set_containing_a_test_sentence_is_refused(work_root):
@@ -169,8 +150,12 @@ def test_vanilla_kd_cli_end_to_end(work_root):
     assert info["steps"] == 2 and info["transfer_set"]["size"] == 2 and info["train_examples"] == 96 + 2
     assert info["student"]["shape"].startswith("1x32") and info["student"]["encoder_flops_ratio"] > 1
     assert info["hyperparameters"]["temperature"] == 4.0 and info["teacher_logits_cache"]["hit"] is False
+    assert info["epochs"] == 1 and info["best_step"] == 2 and len(info["training"]["val_curve"]) == 1
+    assert info["data_fingerprint"] == json.loads((work_root / "checkpoints" / "teacher" /
+                                                   "checkpoint_info.json").read_text())["data_fingerprint"]
     assert load_variant(folder).predict_proba(["Profit fell ."]).shape == (1, 3)
-    assert len(pd.read_csv(info["training_log"])["train_loss"].dropna()) == 2
+    curve = pd.read_csv(info["training_log"])
+    assert len(curve["train_loss"].dropna()) == 2 and len(curve["val_macro_f1"].dropna()) == 1
     # second run: the teacher's logits come from the cache
     info = soft_label_distillation.main(["--root", str(work_root), "--max-steps", "1", *TINY_STUDENT,
                                          "--student-init", "scratch", "--transfer-set", str(transfer),
@@ -178,37 +163,104 @@ def test_vanilla_kd_cli_end_to_end(work_root):
     assert info["teacher_logits_cache"]["hit"] is True
     table = pd.read_csv(work_root / "results" / kd.RUNS_TABLE)
     assert list(table["variant"]) == ["student_vanilla_kd", "student_again"]
-    assert {"init", "shape", "val_macro_f1", "test_macro_f1"} <= set(table.columns)
+    assert list(table["steps"]) == [2, 1]
+    assert {"init", "shape", "val_macro_f1", "test_macro_f1", "epochs"} <= set(table.columns)
+
+
+def test_config_file_is_applied_and_saved_with_the_variant(work_root):
+    config = work_root / "kd.json"
+    config.write_text(json.dumps({"student_layers": 1, "student_hidden": 32, "student_heads": 2, "student_ffn": 64,
+                                  "student_init": "scratch", "max_steps": 1, "temperature": 2.0}))
+    info = soft_label_distillation.main(["--root", str(work_root), "--config", str(config), "--alpha", "0.5"])
+    assert info["hyperparameters"]["temperature"] == 2.0 and info["hyperparameters"]["alpha"] == 0.5
+    assert info["hyperparameters"]["config"]["student_layers"] == 1 and info["steps"] == 1
+
+
+def test_named_transfer_sets_are_read_through_the_assets(work_root, monkeypatch, tmp_path):
+    """Named sets come from the assets resolver (or --shared-data), never from a path fixed in the code."""
+    tweets = tmp_path / "assets" / "data" / "twitter_financial_news"
+    tweets.mkdir(parents=True)
+    pd.DataFrame({"text": ["$ACME up 5% after earnings", "Bank shares slide"], "label": [1, 0]}).to_csv(
+        tweets / "sent_train.csv", index=False)
+    asked = []
+
+    def fake_asset_file(relative: str, download: bool = True):
+        asked.append(relative)
+        return tmp_path / "assets" / relative
+
+    monkeypatch.setattr(kd, "asset_file", fake_asset_file)
+    texts, stats = kd.load_transfer_set(work_root, "twitter")
+    assert asked == ["data/twitter_financial_news"] and texts == ["$ACME up 5% after earnings", "Bank shares slide"]
+    texts, _ = kd.load_transfer_set(work_root, "twitter", shared_data=tmp_path / "assets" / "data", size=1, seed=3)
+    assert len(asked) == 1 and len(texts) == 1  # --shared-data given: the resolver is not asked
+
+
+@pytest.mark.requires_assets
+def test_phrasebank_transfer_set_excludes_the_prepared_data(work_root, phrasebank_dir):
+    texts, stats = kd.load_transfer_set(work_root, "phrasebank-50agree", size=50, seed=0)
+    prepared = kd.split_keys(work_root, ("train", "val", "test"))
+    assert len(texts) == 50 and stats["read"] > 4000
+    assert not {t.lower() for t in texts} & prepared
+    again, _ = kd.load_transfer_set(work_root, "phrasebank-50agree", size=50, seed=0)
+    other, _ = kd.load_transfer_set(work_root, "phrasebank-50agree", size=50, seed=1)
+    assert again == texts and other != texts  # the sample follows --seed
 
 
 def test_intermediate_kd_cli_end_to_end(work_root):
+    transfer = work_root / "transfer.txt"
+    transfer.write_text("Shares of Acme rose after the report .\nCosts were cut by 10 % .\n")
     info = intermediate_distillation.main(["--root", str(work_root), "--max-steps", "2", "--batch-size", "16",
                                            *TINY_STUDENT, "--student-init", "teacher-layers", "--two-phase",
-                                           "--intermediate-epochs", "1"])
+                                           "--intermediate-epochs", "1", "--transfer-set", str(transfer)])
     folder = work_root / "checkpoints" / "student_intermediate_kd"
     saved_keys_match_a_plain_bert(folder)
     hyper = info["hyperparameters"]
     assert hyper["teacher_layers"] == [1] and hyper["intermediate_steps"] == 2 and info["steps"] == 2
+    assert hyper["intermediate_training"]["weights_kept"] == "last" and info["training"]["weights_kept"] == "best"
     assert hyper["attention_head_matching"] == "maps averaged over heads on each side"
+    assert info["transfer_set"]["size"] == 2 and info["train_examples"] == 96 + 2
     model, _ = load_fp32_model(folder)
     assert model.config.attention_probs_dropout_prob == 0.1 and model.config._attn_implementation != "eager"
-    logs = sorted(p.name for p in (work_root / "logs").iterdir())
-    assert any(n.startswith("student_intermediate_kd_intermediate_") for n in logs)
-    curve = pd.read_csv(next((work_root / "logs").glob("student_intermediate_kd_intermediate_*.csv")))
+    curve = pd.read_csv(hyper["intermediate_training_log"])
     assert {"embedding_loss", "hidden_loss", "attention_loss"} <= set(curve.columns)
+    assert "kd_loss" not in curve.columns and curve["val_macro_f1"].notna().sum() == 1
+    assert {"kd_loss", "ce_loss"} <= set(pd.read_csv(info["training_log"]).columns)
     # one-phase: all losses together
     info = intermediate_distillation.main(["--root", str(work_root), "--max-steps", "1", *TINY_STUDENT,
                                            "--student-init", "scratch", "--output-name", "one_phase"])
     curve = pd.read_csv(info["training_log"])
     assert {"attention_loss", "kd_loss", "ce_loss"} <= set(curve.columns)
+    assert info["hyperparameters"]["intermediate_training"] is None
 
 
-def test_bad_arguments_are_one_line_errors(work_root, capsys):
-    argv = ["--root", str(work_root), "--max-steps", "1", *TINY_STUDENT]
-    assert cli.run(soft_label_distillation.main, [*argv, "--student-init", "magic"]) == 2
-    assert cli.run(soft_label_distillation.main, [*argv, "--student-init", "scratch", "--teacher", "nope"]) == 2
-    assert cli.run(soft_label_distillation.main, [*argv, "--student-init", "scratch", "--alpha", "2"]) == 2
-    assert cli.run(intermediate_distillation.main, [*argv, "--student-init", "scratch", "--layer-map", "5"]) == 2
+@pytest.mark.parametrize(("stage", "extra", "fragment"), [
+    ("vanilla", ["--student-init", "magic"], "--student-init"),
+    ("vanilla", ["--teacher", "nope"], "teacher variant 'nope' not found"),
+    ("vanilla", ["--alpha", "1.5"], "--alpha"),
+    ("vanilla", ["--alpha", "2"], "--alpha"),
+    ("vanilla", ["--temperature", "0"], "--temperature"),
+    ("vanilla", ["--max-steps", "0"], "--max-steps"),
+    ("vanilla", ["--max-steps", "-1"], "--max-steps"),
+    ("vanilla", ["--batch-size", "0"], "--batch-size"),
+    ("vanilla", ["--transfer-size", "0"], "--transfer-size"),
+    ("vanilla", ["--output-name", "teacher"], "input of this stage"),
+    ("vanilla", ["--output-name", "teacher", "--overwrite"], "input of this stage"),
+    ("vanilla", ["--output-name", "../../x"], "--output-name"),
+    ("intermediate", ["--output-name", "teacher"], "input of this stage"),
+    ("intermediate", ["--layer-map", "5"], "layer map"),
+    ("intermediate", ["--w-hidden", "-1"], "--w-hidden"),
+    ("intermediate", ["--intermediate-epochs", "0"], "--intermediate-epochs"),
+])
+def test_bad_arguments_are_one_line_errors_and_nothing_is_written(work_root, capsys, stage, extra, fragment):
+    main = {"vanilla": soft_label_distillation.main, "intermediate": intermediate_distillation.main}[stage]
+    teacher_before = (work_root / "checkpoints" / "teacher" / "model.safetensors").read_bytes()
+    argv = ["--root", str(work_root), "--max-steps", "1", *TINY_STUDENT, "--student-init", "scratch", *extra]
+    try:
+        code = cli.run(main, argv)
+    except SystemExit as exc:  # argparse refuses a flag value: its one-line usage error, exit 2
+        code = exc.code
     err = capsys.readouterr().err
-    assert err.count("error:") == 4 and "Traceback" not in err
-    assert not (work_root / "checkpoints" / "student_vanilla_kd").exists()
+    assert code == 2 and fragment in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
+    assert sorted(p.name for p in (work_root / "checkpoints").iterdir()) == ["teacher"]
+    assert (work_root / "checkpoints" / "teacher" / "model.safetensors").read_bytes() == teacher_before

@@ -1,6 +1,8 @@
 import copy
 import json
+import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -8,10 +10,11 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 
 from conftest import FINBERT_SHAPE, tiny_bert_config
 from fincompress.common import cli
-from fincompress.common.data import make_loader
+from fincompress.common.data import data_fingerprint, make_loader
 from fincompress.common.loader import load_fp32_model, load_variant
 from fincompress.common.paths import FinCompressError
 from fincompress.common.variants import count_parameters, save_fp32_variant
+from fincompress.distillation import soft_label_distillation
 from fincompress.pruning import prune_finetune
 from fincompress.pruning.structured_pruning import (
     attention_parameter_count,
@@ -82,12 +85,13 @@ def test_removing_ffn_neurons_gives_the_logits_of_masking_them(batch):
     torch.testing.assert_close(pruned_logits, masked_logits, atol=1e-5, rtol=0)
 
 
-def test_uneven_heads_and_ffn_reload_through_the_common_loader(tmp_path, tokenizer, batch):
+def test_uneven_heads_and_ffn_reload_through_the_common_loader(tmp_path, small_data_root, tokenizer, batch):
     model = tiny_model()
     remove_heads(model, {0: [0, 1, 2], 1: [2]})
     remove_neurons(model, {2: list(range(16))})
+    shutil.copytree(small_data_root / "data", tmp_path / "data")
     info = {"model_name": "p", "technique": "test", "source_checkpoint": None, "val_macro_f1": 0.0,
-            "hyperparameters": {}, "data_fingerprint": "x"}
+            "hyperparameters": {}, "data_fingerprint": data_fingerprint(tmp_path)}
     folder = save_fp32_variant(tmp_path / "checkpoints" / "p", model, tokenizer, info)
     saved_config = json.loads((folder / "config.json").read_text())
     assert saved_config["head_counts"] == [1, 3, 4] and saved_config["intermediate_sizes"] == [64, 64, 48]
@@ -133,23 +137,49 @@ def test_importance_scores_are_finite_and_rank_dead_heads_last(tokenizer):
     assert model.config._attn_implementation == "sdpa"  # eager was only borrowed for the attention maps
 
 
-@pytest.mark.parametrize("target", ["0", "1", "-0.3", "1.5"])
-def test_bad_target_is_a_clear_error(work_root, target):
-    with pytest.raises(FinCompressError, match="--target"):
-        prune_finetune.main(["--root", str(work_root), "--target", target])
+def run_cli(argv: list[str]) -> int:
+    """What `python -m fincompress.pruning.prune_finetune` does: FinCompressError or argparse error -> exit 2."""
+    try:
+        return cli.run(prune_finetune.main, argv)
+    except SystemExit as exc:
+        return exc.code
 
 
-def test_missing_source_is_a_clear_cli_error(work_root, capsys):
-    # cli.run is what `python -m fincompress.pruning.prune_finetune` runs: one line, exit code 2
-    code = cli.run(prune_finetune.main, ["--root", str(work_root), "--source", "no_such_model", "--max-steps", "1"])
+@pytest.mark.parametrize(("extra", "fragment"), [
+    (["--target", "0"], "--target"), (["--target", "1"], "--target"), (["--target", "-0.3"], "--target"),
+    (["--target", "1.2"], "--target"), (["--rounds", "0"], "--rounds"),
+    (["--max-val-samples", "0"], "--max-val-samples"), (["--max-steps", "0"], "--max-steps"),
+    (["--max-steps", "-1"], "--max-steps"), (["--batch-size", "0"], "--batch-size"),
+    (["--temperature", "0"], "--temperature"), (["--alpha", "1.5"], "--alpha"), (["--ffn-prune", "1"], "--ffn-prune"),
+    (["--score-batches", "0"], "--score-batches"), (["--curve-targets", "0.5,0.2"], "--curve-targets"),
+    (["--curve-targets", "0.2,1.0"], "--curve-targets"),
+    (["--output-name", "teacher"], "input of this stage"),
+    (["--output-name", "teacher", "--overwrite"], "input of this stage"), (["--output-name", "../x"], "--output-name"),
+    (["--source", "no_such_model"], "source variant 'no_such_model' not found"),
+    (["--target", "0.9"], "at most 6 can go"),  # tiny teacher: 2 layers x 4 heads, one head per layer stays
+])
+def test_bad_input_is_a_one_line_error_and_nothing_is_written(work_root, capsys, extra, fragment):
+    teacher_before = (work_root / "checkpoints" / "teacher" / "model.safetensors").read_bytes()
+    code = run_cli(["--root", str(work_root), "--max-steps", "1", *extra])
     err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err
-    assert "source variant 'no_such_model' not found" in err and "train_teacher" in err
+    assert code == 2 and fragment in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
+    assert sorted(p.name for p in (work_root / "checkpoints").iterdir()) == ["teacher"]
+    assert (work_root / "checkpoints" / "teacher" / "model.safetensors").read_bytes() == teacher_before
+    assert not (work_root / "results" / "pruning_curve.csv").exists()
 
 
-def test_too_many_heads_for_the_floor_is_a_clear_error(work_root):
-    with pytest.raises(FinCompressError, match="at most 6 can go"):  # tiny teacher: 2 layers x 4 heads
-        prune_finetune.main(["--root", str(work_root), "--target", "0.9"])
+def test_a_variant_of_another_technique_is_replaced_only_with_overwrite(work_root, capsys):
+    argv = ["--root", str(work_root), "--target", "0.25", "--rounds", "1", "--max-steps", "1",
+            "--output-name", "student_x"]
+    (work_root / "checkpoints" / "student_x").mkdir()
+    other = {"model_name": "student_x", "technique": "soft-label knowledge distillation (Hinton 2015)"}
+    (work_root / "checkpoints" / "student_x" / "checkpoint_info.json").write_text(json.dumps(other))
+    assert run_cli(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert run_cli([*argv, "--overwrite"]) == 0
+    saved = json.loads((work_root / "checkpoints" / "student_x" / "checkpoint_info.json").read_text())
+    assert saved["technique"].startswith("structured pruning:")
+    assert run_cli(argv) == 0  # re-running onto its own earlier output needs no flag
 
 
 def test_cli_writes_a_smaller_variant_that_loads(work_root):
@@ -172,9 +202,17 @@ def test_cli_writes_a_smaller_variant_that_loads(work_root):
 
 
 def test_cli_ffn_entropy_distill_and_curve_mode(work_root):
+    # a KD student on the same training texts first: pruning recovery reuses the teacher logits it cached
+    soft_label_distillation.main(["--root", str(work_root), "--max-steps", "1", "--student-layers", "1",
+                                  "--student-hidden", "32", "--student-heads", "2", "--student-ffn", "64",
+                                  "--student-init", "scratch"])
     info = prune_finetune.main(["--root", str(work_root), "--target", "0.25", "--rounds", "1", "--ffn-prune", "0.5",
                                 "--importance", "entropy", "--distill", "--max-steps", "1", "--batch-size", "8"])
     assert info["model_name"] == "pruned_25pct_ffn50" and info["intermediate_sizes"] == [32, 32]
+    # recovery KD against the unpruned source's logits, from the cache the KD stage wrote
+    cached = list((work_root / ".cache" / "teacher_logits").glob("teacher-*.npy"))
+    assert len(cached) == 1 and np.load(cached[0]).shape == (96, 3)
+    assert info["rounds"][0]["recovery"]["steps"] == 1
     assert load_variant(work_root / "checkpoints" / "pruned_25pct_ffn50").predict_proba(TEXTS).shape == (4, 3)
     result = prune_finetune.main(["--root", str(work_root), "--curve-targets", "0.25,0.5,0.75"])
     assert [r["heads_remaining"] for r in result["curve"]] == [8, 6, 4, 2]
@@ -182,3 +220,10 @@ def test_cli_ffn_entropy_distill_and_curve_mode(work_root):
     curve = pd.read_csv(result["curve_path"])
     assert set(curve["run"]) == {"pruned_25pct_ffn50", "curve_gradient"}
     assert not (work_root / "checkpoints" / "curve_gradient").exists()
+    # the curve with recovery between the points: a row before and after each recovery
+    result = prune_finetune.main(["--root", str(work_root), "--curve-targets", "0.25,0.5", "--curve-recover",
+                                  "--max-steps", "1", "--output-name", "curve_recovered"])
+    assert [(r["heads_remaining"], r["recovered"], r["recovery_steps"]) for r in result["curve"]] == [
+        (8, False, 0), (6, False, 0), (6, True, 1), (4, False, 0), (4, True, 1)]
+    assert sorted(p.name for p in (work_root / "checkpoints").iterdir()) == ["pruned_25pct_ffn50", "student_vanilla_kd",
+                                                                             "teacher"]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from fincompress.common.data import model_inputs
 
 UNLABELLED = -100  # label of transfer-set sentences: cross-entropy ignores it, the KD term does not
 
@@ -27,3 +32,18 @@ def prediction_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     ce = (F.cross_entropy(student_logits[labelled], labels[labelled]) if bool(labelled.any())
           else student_logits.sum() * 0.0)
     return alpha * kd + (1 - alpha) * ce, {"kd_loss": float(kd.detach()), "ce_loss": float(ce.detach())}
+
+
+def cached_kd_loss_fn(teacher_logits: torch.Tensor, alpha: float, temperature: float
+                      ) -> Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]:
+    """A `fit` loss_fn: prediction-layer KD against fixed teacher logits, row i for training example i.
+
+    Each batch carries the dataset `index` of its examples; the teacher's rows are looked up by it
+    (on the logits' device) and moved to the model's. Used by both KD stages and by pruning recovery.
+    """
+    def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        logits = model(**model_inputs(batch)).logits
+        soft = teacher_logits[batch["index"].to(teacher_logits.device)].to(logits.device)
+        return prediction_loss(logits, soft, batch["labels"], alpha, temperature)
+
+    return loss_fn

@@ -1,9 +1,15 @@
 """The training loop every stage shares: accelerate, AdamW, linear warm-up/decay, clipping,
-early stopping on validation macro F1 (best weights kept), a per-run CSV log, tqdm.
+a validation macro F1 per epoch, optional early stopping, the best or the last weights kept,
+a per-run CSV log (the validation curve), tqdm.
 
 One loop serves the teacher, both KD students, QAT and pruning recovery: a stage passes a
 `loss_fn(model, batch) -> (loss, {name: float})`. The same code runs on CPU, one GPU, or
 several processes under `accelerate launch` (data-parallel).
+
+Determinism: `fit` seeds every random source it uses (data order through the loader's own
+generator, dropout through the global seed) from `config.seed`, so two runs with the same seed,
+data and thread count on one machine give identical weights. Code that initialises new weights
+before calling `fit` (a new head, a student, projections) seeds first with `set_seed`.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -26,10 +32,12 @@ from transformers import set_seed as _set_seed
 
 from fincompress.common import cli
 from fincompress.common.data import model_inputs
+from fincompress.common.io import atomic_write
 from fincompress.common.metrics import classification_metrics
 from fincompress.common.paths import logs_dir
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
+KEEP_CHOICES = ("best", "last")
 
 
 @dataclass
@@ -43,17 +51,35 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     grad_clip: float = 1.0
-    patience: int = 2  # evaluations without a val macro-F1 gain before stopping
+    patience: int | None = 2  # evaluations without a val macro-F1 gain before stopping; None: no early stopping
     seed: int = 42
 
 
 @dataclass
 class FitResult:
+    """What a run did: the best validation epoch, the steps taken, one history entry per epoch evaluated."""
+
     best_metrics: dict
     best_step: int
     steps: int
     history: list[dict] = field(default_factory=list)
     log_path: Path | None = None
+    kept: str = "best"  # which weights the model holds after fit: the best epoch's or the last step's
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    @property
+    def last_metrics(self) -> dict:
+        """Validation metrics of the last epoch evaluated (what a `keep="last"` model scores)."""
+        return self.history[-1] if self.history else {}
+
+    def summary(self) -> dict:
+        """The run's shape for checkpoint_info.json: epochs, steps, best step, the validation curve."""
+        return {"epochs": self.epochs, "steps": self.steps, "best_step": self.best_step, "weights_kept": self.kept,
+                "val_curve": [{"epoch": h["epoch"], "step": h["step"], "macro_f1": h["macro_f1"]}
+                              for h in self.history]}
 
 
 def planned_steps(config: TrainConfig, batches_per_epoch: int, num_processes: int = 1) -> int:
@@ -64,6 +90,7 @@ def planned_steps(config: TrainConfig, batches_per_epoch: int, num_processes: in
 
 
 def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and GPU): call before creating new weights or drawing samples."""
     _set_seed(seed)
 
 
@@ -82,12 +109,15 @@ def add_train_arguments(parser, defaults: TrainConfig) -> None:
     parser.add_argument("--grad-clip", type=cli.positive_float, default=defaults.grad_clip, help="max gradient L2 norm")
     parser.add_argument("--patience", type=cli.positive_int, default=defaults.patience,
                         help="epochs without val macro-F1 gain before early stopping")
-    parser.add_argument("--seed", type=cli.non_negative_int, default=defaults.seed, help="random seed")
+    parser.add_argument("--no-early-stopping", action="store_true",
+                        help="train every epoch (or --max-steps) whatever the validation curve does")
+    parser.add_argument("--seed", type=cli.non_negative_int, default=defaults.seed,
+                        help="random seed (data order, dropout, new weights)")
 
 
 def train_config_from_args(args) -> TrainConfig:
-    names = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: getattr(args, k) for k in names})
+    config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__})
+    return replace(config, patience=None) if getattr(args, "no_early_stopping", False) else config
 
 
 class RunLog:
@@ -103,14 +133,17 @@ class RunLog:
         self.rows.append(row)
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         columns: list[str] = []
         for r in self.rows:
             columns += [c for c in r if c not in columns]
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
+
+        def write_rows(tmp: Path) -> None:  # rewritten whole: a new row may bring new columns
+            with tmp.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+        atomic_write(self.path, write_rows)
 
 
 @torch.inference_mode()
@@ -144,24 +177,41 @@ def cross_entropy_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dic
     return loss, {}
 
 
-def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, config: TrainConfig, *,
-        root: Path, run_name: str, loss_fn: LossFn = cross_entropy_loss,
-        extra_modules: Iterable[nn.Module] = (), accelerator: Accelerator | None = None,
-        after_step: Callable[[int], None] | None = None) -> FitResult:
-    """Train `model` in place and leave it holding the weights of its best validation epoch.
-
-    `extra_modules` are trained too but not returned (e.g. TinyBERT's projections).
-    `after_step(step)` runs after every optimiser step (e.g. QAT freezing its observers).
-    """
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    set_seed(config.seed)
-    extras = nn.ModuleList(list(extra_modules))
-    params = [p for p in list(model.parameters()) + list(extras.parameters()) if p.requires_grad]
-    no_decay = {id(p) for n, p in list(model.named_parameters()) + list(extras.named_parameters())
-                if p.ndim < 2 or "LayerNorm" in n}
+def build_optimizer(model: nn.Module, extras: nn.Module, config: TrainConfig
+                    ) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
+    """AdamW over the trainable parameters; biases and LayerNorm weights get no weight decay."""
+    named = list(model.named_parameters()) + list(extras.named_parameters())
+    params = [p for _, p in named if p.requires_grad]
+    no_decay = {id(p) for n, p in named if p.ndim < 2 or "LayerNorm" in n}
     optimizer = torch.optim.AdamW(
         [{"params": [p for p in params if id(p) not in no_decay], "weight_decay": config.weight_decay},
          {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}], lr=config.lr)
+    return optimizer, params
+
+
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, config: TrainConfig, *,
+        root: Path, run_name: str, loss_fn: LossFn = cross_entropy_loss,
+        extra_modules: Iterable[nn.Module] = (), accelerator: Accelerator | None = None,
+        after_step: Callable[[int], None] | None = None, keep: str = "best") -> FitResult:
+    """Train `model` in place for `config.epochs` epochs (or `config.max_steps` steps), evaluating
+    validation macro F1 after every epoch; stop early after `config.patience` epochs without a gain
+    (never when patience is None).
+
+    `keep="best"` leaves the model holding the weights of its best validation epoch; `keep="last"` the
+    weights of the last step (e.g. a phase whose validation F1 means nothing yet).
+    `extra_modules` are trained too but not returned (e.g. TinyBERT's projections).
+    `after_step(step)` runs after every optimiser step (e.g. QAT freezing its observers).
+    """
+    if keep not in KEEP_CHOICES:
+        raise ValueError(f"keep must be one of {KEEP_CHOICES}, got {keep!r}")
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(config.seed)
+    extras = nn.ModuleList(list(extra_modules))
+    optimizer, params = build_optimizer(model, extras, config)
     total_steps = planned_steps(config, len(train_loader), accelerator.num_processes)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
     extras.to(accelerator.device)  # not DDP-wrapped: their grads are averaged by hand below
@@ -169,7 +219,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, conf
         model, optimizer, train_loader, val_loader, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     log = RunLog(root, run_name, enabled=accelerator.is_main_process)
-    result = FitResult(best_metrics={"macro_f1": -1.0}, best_step=0, steps=0, log_path=log.path)
+    result = FitResult(best_metrics={"macro_f1": -1.0}, best_step=0, steps=0, log_path=log.path, kept=keep)
     best_state = None
     evals_without_gain = 0
     progress = tqdm(total=total_steps, desc=run_name, disable=not accelerator.is_local_main_process)
@@ -203,10 +253,11 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, conf
         result.history.append({"epoch": epoch, "step": step, **metrics})
         if metrics["macro_f1"] > result.best_metrics["macro_f1"]:
             result.best_metrics, result.best_step, evals_without_gain = metrics, step, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
+            if keep == "best":
+                best_state = state_copy(unwrapped)
         else:
             evals_without_gain += 1
-        if step >= total_steps or evals_without_gain >= config.patience:
+        if step >= total_steps or (config.patience is not None and evals_without_gain >= config.patience):
             break
     progress.close()
     result.steps = step

@@ -15,19 +15,25 @@ teacher's embedding output, hidden states and attention maps at mapped layers, t
   dropout is off while distilling, so its maps are real distributions.
 - Prediction layer: the soft-label KD loss of the vanilla stage against cached teacher logits.
 - `--two-phase`: TinyBERT's schedule, intermediate losses only for --intermediate-epochs (keeping
-  the last weights: an untrained head's val F1 says nothing), then prediction-layer KD for --epochs.
+  the last weights, no early stopping: an untrained head's val F1 says nothing), then
+  prediction-layer KD for --epochs (best validation epoch kept). --transfer-set feeds both phases.
+- The projections' initialisation, the student's and the data order all come from --seed.
 
 Reads  <root>/checkpoints/<teacher>/ (default `teacher`) and <root>/data/{train,val,test}.csv
        (plus --transfer-set sentences, soft labels only; val/test sentences refused).
 Writes <root>/checkpoints/<output-name>/ (default `student_intermediate_kd`), training curves
        <root>/logs/<output-name>[_intermediate]_<time>.csv, a row in
        <root>/results/distillation_init_comparison.csv, teacher logits in <root>/.cache/teacher_logits/.
+       checkpoint_info.json records each phase's epochs, steps, best step and validation curve.
+
+Refuses before any work: an output name that is not a plain variant name, that is the teacher, or
+that holds a variant made by another stage (unless --overwrite).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -35,15 +41,8 @@ from torch import nn
 from fincompress.common import cli
 from fincompress.common.data import model_inputs
 from fincompress.common.losses import prediction_loss
-from fincompress.common.paths import FinCompressError
-from fincompress.common.training import FitResult, TrainConfig, fit
-from fincompress.distillation.kd import (
-    KDRun,
-    add_kd_arguments,
-    cached_prediction_loss_fn,
-    finish_run,
-    prepare_run,
-)
+from fincompress.common.training import FitResult, TrainConfig, fit, set_seed
+from fincompress.distillation.kd import KDRun, add_kd_arguments, finish_run, prepare_run
 from fincompress.distillation.student_architecture import layer_map
 
 CONFIG = {"temperature": 4.0, "alpha": 0.7, "layer_map": "uniform", "intermediate_epochs": 4,
@@ -131,30 +130,6 @@ def intermediate_loss_fn(run: KDRun, layers: list[int], projections: HiddenProje
 
 # ----------------------------------------------------------------------------- training
 
-def fit_keeping_last(run: KDRun, config: TrainConfig, loss_fn, extra_modules, run_name: str) -> FitResult:
-    """`fit` for the intermediate-only phase: no early stopping, and the last weights are kept.
-
-    fit restores the epoch with the best val macro F1, which before the prediction phase is the
-    F1 of an untrained head, i.e. noise; the last step's weights are what phase 2 should start from.
-    """
-    steps_per_epoch = max(1, math.ceil(len(run.train_loader) / run.accelerator.num_processes))
-    total = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    last: dict = {}
-    student = run.student
-
-    def keep_last(step: int) -> None:
-        if step == total:
-            last.update({k: v.detach().cpu().clone() for k, v in student.state_dict().items()})
-
-    no_stopping = TrainConfig(**{**vars(config), "patience": config.epochs + 1})
-    result = fit(student, run.train_loader, run.val_loader, no_stopping, root=run.root, run_name=run_name,
-                 loss_fn=loss_fn, extra_modules=extra_modules, accelerator=run.accelerator, after_step=keep_last)
-    run.accelerator.unwrap_model(student).load_state_dict(last)
-    return result
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fincompress.distillation.intermediate_distillation",
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,42 +139,66 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default %(default)s)")
     weights = CONFIG["weights"]
     for name in weights:
-        parser.add_argument(f"--w-{name}", type=float, default=weights[name],
-                            help=f"weight of the {name} loss (default %(default)s)")
+        parser.add_argument(f"--w-{name}", type=cli.non_negative_float, default=weights[name],
+                            help=f"weight of the {name} loss, >= 0 (default %(default)s)")
     parser.add_argument("--two-phase", action="store_true",
                         help="TinyBERT schedule: intermediate losses only, then prediction-layer KD only")
-    parser.add_argument("--intermediate-epochs", type=int, default=CONFIG["intermediate_epochs"],
+    parser.add_argument("--intermediate-epochs", type=cli.positive_int, default=CONFIG["intermediate_epochs"],
                         help="epochs of the intermediate-only phase with --two-phase (default %(default)s)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    weights = {name: getattr(args, f"w_{name}") for name in CONFIG["weights"]}
-    if any(w < 0 for w in weights.values()) or args.intermediate_epochs < 1:
-        raise FinCompressError("loss weights must be >= 0 and --intermediate-epochs >= 1")
-    run = prepare_run(args, attn_implementation="eager", attention_probs_dropout_prob=0.0)
-    layers = layer_map(args.layer_map, run.student.config.num_hidden_layers, run.teacher.config.num_hidden_layers)
+def intermediate_phase(run: KDRun, layers: list[int], projections: HiddenProjections, weights: dict) -> FitResult:
+    """TinyBERT's first phase: intermediate losses only, every epoch, the last weights kept.
+
+    The best-validation rule would restore the epoch whose untrained head happened to score best
+    (noise); the last step's weights are what the prediction phase should start from.
+    """
+    config = replace(run.config, epochs=run.args.intermediate_epochs, patience=None)
+    return fit(run.student, run.train_loader, run.val_loader, config, root=run.root,
+               run_name=f"{run.args.output_name}_intermediate", accelerator=run.accelerator,
+               loss_fn=intermediate_loss_fn(run, layers, projections, {**weights, "prediction": 0.0}),
+               extra_modules=[projections], keep="last")
+
+
+def distil(run: KDRun, layers: list[int], weights: dict) -> tuple[FitResult, FitResult | None]:
+    """Two-phase (intermediate, then prediction-layer KD) or one phase with every loss at once.
+
+    Returns the final phase's result and the intermediate phase's (None in one phase).
+    """
+    set_seed(run.config.seed)  # the projections' new weights
     projections = HiddenProjections(run.student.config.hidden_size, run.teacher.config.hidden_size)
-    phases = {}
-    if args.two_phase:
-        phase_one = TrainConfig(**{**vars(run.config), "epochs": args.intermediate_epochs})
-        phases["intermediate"] = fit_keeping_last(
-            run, phase_one, intermediate_loss_fn(run, layers, projections, {**weights, "prediction": 0.0}),
-            [projections], f"{args.output_name}_intermediate").steps
-        result = fit(run.student, run.train_loader, run.val_loader, run.config, root=run.root,
-                     run_name=args.output_name, loss_fn=cached_prediction_loss_fn(run), accelerator=run.accelerator)
+    if run.args.two_phase:
+        first = intermediate_phase(run, layers, projections, weights)
+        loss_fn = run.prediction_loss_fn()
+        extras = []
     else:
-        result = fit(run.student, run.train_loader, run.val_loader, run.config, root=run.root,
-                     run_name=args.output_name, loss_fn=intermediate_loss_fn(run, layers, projections, weights),
-                     extra_modules=[projections], accelerator=run.accelerator)
-    head_matching = ("head to head" if run.student.config.num_attention_heads == run.teacher.config.num_attention_heads
-                     else "maps averaged over heads on each side")
-    return finish_run(run, result, TECHNIQUE, {
-        "layer_map": args.layer_map, "teacher_layers": layers, "loss_weights": weights,
-        "attention_loss": "KL(teacher || student) per query row", "attention_head_matching": head_matching,
-        "two_phase": args.two_phase, "intermediate_epochs": args.intermediate_epochs if args.two_phase else 0,
-        "intermediate_steps": phases.get("intermediate", 0), "projections_saved": False})
+        first, loss_fn, extras = None, intermediate_loss_fn(run, layers, projections, weights), [projections]
+    result = fit(run.student, run.train_loader, run.val_loader, run.config, root=run.root,
+                 run_name=run.args.output_name, loss_fn=loss_fn, extra_modules=extras, accelerator=run.accelerator)
+    return result, first
+
+
+def schedule_record(run: KDRun, layers: list[int], weights: dict, first: FitResult | None) -> dict:
+    """The intermediate-KD hyperparameters of checkpoint_info.json (with the first phase's run, if any)."""
+    same_heads = run.student.config.num_attention_heads == run.teacher.config.num_attention_heads
+    return {"layer_map": run.args.layer_map, "teacher_layers": layers, "loss_weights": weights,
+            "attention_loss": "KL(teacher || student) per query row",
+            "attention_head_matching": "head to head" if same_heads else "maps averaged over heads on each side",
+            "two_phase": run.args.two_phase,
+            "intermediate_epochs": run.args.intermediate_epochs if first else 0,
+            "intermediate_steps": first.steps if first else 0,
+            "intermediate_training": first.summary() if first else None,
+            "intermediate_training_log": str(first.log_path) if first else None, "projections_saved": False}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = cli.parse_args(build_parser(), argv)
+    weights = {name: getattr(args, f"w_{name}") for name in CONFIG["weights"]}
+    run = prepare_run(args, TECHNIQUE, attn_implementation="eager", attention_probs_dropout_prob=0.0)
+    layers = layer_map(args.layer_map, run.student.config.num_hidden_layers, run.teacher.config.num_hidden_layers)
+    result, first = distil(run, layers, weights)
+    return finish_run(run, result, schedule_record(run, layers, weights, first))
 
 
 if __name__ == "__main__":

@@ -1,23 +1,20 @@
 """Knowledge-distillation building blocks shared by the two KD stages.
 
-- the prediction-layer loss `alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE` (Hinton 2015);
-- the teacher's logits on the training texts, computed once and cached on disk under
-  <root>/.cache/teacher_logits/, keyed by the teacher's weights, the data fingerprint and the
-  exact texts (a changed teacher, data or transfer set gives a new key: the old file is not used);
 - transfer sets: extra unlabelled sentences the teacher labels softly; any validation or test
-  sentence in them is refused (FinCompressError), never silently trained on;
-- the run both stages share: flags, teacher and student loading, loaders, test evaluation, the
-  saved variant and one row per run in results/distillation_init_comparison.csv.
+  sentence in them is refused (FinCompressError), never silently trained on. The named sets are
+  read from the study's assets (`common.assets.asset_file`), or from --shared-data if given;
+- the run both stages share: flags, output guards (checked before any work), teacher and student
+  loading, loaders, the teacher's logits (`common.teacher_logits`: computed on the training device
+  and cached), test evaluation, the saved variant and one row per run in
+  results/distillation_init_comparison.csv.
+The prediction-layer loss is `common.losses` (shared with pruning recovery).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,32 +22,36 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
-from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fincompress.common.data import MAX_LENGTH, data_fingerprint, make_loader, model_inputs, read_split, split_loader
+from fincompress.common import cli
+from fincompress.common.assets import asset_file
+from fincompress.common.data import data_fingerprint, make_loader, read_split, split_loader
+from fincompress.common.io import append_csv_rows
 from fincompress.common.loader import load_fp32_model
-from fincompress.common.losses import UNLABELLED, prediction_loss
-from fincompress.common.paths import (
-    REPO_ROOT,
-    FinCompressError,
-    add_root_argument,
-    project_root,
-    results_dir,
-    variant_dir,
-)
-from fincompress.common.raw_data import find_phrasebank_file, normalise_text, parse_phrasebank_file
+from fincompress.common.losses import UNLABELLED, cached_kd_loss_fn
+from fincompress.common.paths import FinCompressError, add_root_argument, project_root, results_dir
+from fincompress.common.raw_data import normalise_text, read_phrasebank
+from fincompress.common.teacher_logits import teacher_logits
 from fincompress.common.training import (
     FitResult,
+    LossFn,
     TrainConfig,
     add_train_arguments,
     describe,
     evaluate_model,
-    predict_logits,
+    set_seed,
     train_config_from_args,
 )
-from fincompress.common.variants import read_info, save_fp32_variant
+from fincompress.common.variants import (
+    add_output_arguments,
+    fp32_variant_dir,
+    prepare_output,
+    read_info,
+    save_fp32_variant,
+    variant_name,
+)
 from fincompress.distillation.student_architecture import (
     add_student_arguments,
     build_student,
@@ -61,101 +62,69 @@ from fincompress.distillation.student_architecture import (
 
 log = logging.getLogger("fincompress.distillation")
 
-CACHE_FOLDER = Path(".cache") / "teacher_logits"
 RUNS_TABLE = "distillation_init_comparison.csv"
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-# Named transfer sets: local release files under --shared-data (any other value is a file path).
+RUNS_COLUMNS = ["created_at", "variant", "technique", "init", "shape", "source_layers", "transfer_set",
+                "transfer_size", "epochs", "steps", "encoder_flops_ratio", "val_macro_f1", "test_macro_f1",
+                "teacher_test_macro_f1"]
+# Named transfer sets: the asset folder they are read from (under --shared-data if given), and what they are.
 NAMED_TRANSFER_SETS = {
-    "phrasebank-50agree": "Financial PhraseBank sentences (50% agreement file) that are not in the prepared data",
-    "twitter": "financial tweets, twitter_financial_news/sent_train.csv (labels ignored)",
+    "phrasebank-50agree": ("data/financial_phrasebank",
+                           "Financial PhraseBank sentences (50% agreement file) that are not in the prepared data"),
+    "twitter": ("data/twitter_financial_news", "financial tweets, twitter_financial_news/sent_train.csv "
+                "(labels ignored)"),
 }
-
-
-# ----------------------------------------------------------------------------- losses
-
-# ----------------------------------------------------------------------------- teacher-logit cache
-
-def file_digest(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def teacher_fingerprint(folder: Path) -> str:
-    """Content hash of the teacher's weights and config: retraining it changes the key."""
-    return file_digest([Path(folder) / "model.safetensors", Path(folder) / "config.json"])
-
-
-def texts_fingerprint(texts: list[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\0")
-    return digest.hexdigest()[:16]
-
-
-def teacher_logits_cache_path(root: Path, teacher_folder: Path, texts: list[str]) -> Path:
-    key = hashlib.sha256("|".join([teacher_fingerprint(teacher_folder), data_fingerprint(root),
-                                   texts_fingerprint(texts), str(MAX_LENGTH)]).encode()).hexdigest()[:20]
-    return root / CACHE_FOLDER / f"{Path(teacher_folder).name}-{key}.npy"
-
-
-def cached_teacher_logits(root: Path, teacher_folder: Path, teacher: PreTrainedModel,
-                          tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 64
-                          ) -> tuple[np.ndarray, dict]:
-    """The teacher's logits for `texts` (row i = texts[i]), from the cache or computed and cached."""
-    path = teacher_logits_cache_path(root, teacher_folder, texts)
-    if path.is_file():
-        logits = np.load(path)
-        if logits.shape[0] == len(texts):
-            log.info("teacher logits from cache %s", path)
-            return logits, {"path": str(path), "hit": True}
-    log.info("computing teacher logits for %d texts -> %s", len(texts), path)
-    raw, _, indices = predict_logits(teacher, make_loader(tokenizer, texts, batch_size=batch_size))
-    logits = np.empty_like(raw)
-    logits[indices] = raw
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npy")
-    np.save(tmp, logits)
-    os.replace(tmp, path)  # whole file or nothing: an interrupted run never leaves a truncated cache
-    return logits, {"path": str(path), "hit": False}
 
 
 # ----------------------------------------------------------------------------- transfer sets
 
-def read_transfer_texts(spec: str, shared_data: Path) -> list[str]:
-    """Raw sentences of a named transfer set or of a file (.csv with a `text` column, or one per line)."""
-    if spec == "phrasebank-50agree":
-        return parse_phrasebank_file(find_phrasebank_file(shared_data / "financial_phrasebank", "50"))["text"].tolist()
-    if spec == "twitter":
-        path = shared_data / "twitter_financial_news" / "sent_train.csv"
-    else:
-        path = Path(spec)
+def named_set_folder(name: str, shared_data: Path | None) -> Path:
+    """The release folder of a named transfer set: under `shared_data` if given, else from the assets."""
+    relative = NAMED_TRANSFER_SETS[name][0]
+    return Path(shared_data) / Path(relative).name if shared_data is not None else asset_file(relative)
+
+
+def read_text_file(path: Path, spec: str) -> list[str]:
+    """Sentences of a .csv (a `text` column) or of a text file (one per line)."""
     if not path.is_file():
         raise FinCompressError(f"transfer set {spec!r}: {path} not found (named sets: {', '.join(NAMED_TRANSFER_SETS)};"
                                " otherwise a .csv with a text column or a .txt with one sentence per line)")
-    if path.suffix.lower() == ".csv":
-        frame = pd.read_csv(path, keep_default_na=False, dtype=str)
-        if "text" not in frame.columns:
-            raise FinCompressError(f"{path}: no `text` column (columns: {list(frame.columns)})")
-        return frame["text"].tolist()
-    return path.read_text(encoding="utf-8").splitlines()
+    try:
+        if path.suffix.lower() == ".csv":
+            frame = pd.read_csv(path, keep_default_na=False, dtype=str, encoding="utf-8")
+            if "text" not in frame.columns:
+                raise FinCompressError(f"{path}: no `text` column (columns: {list(frame.columns)})")
+            return frame["text"].tolist()
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise FinCompressError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise FinCompressError(f"{path}: not a readable CSV ({str(exc).strip()})") from None
+
+
+def read_transfer_texts(spec: str, shared_data: Path | None = None) -> list[str]:
+    """Raw sentences of a named transfer set or of a file (.csv with a `text` column, or one per line)."""
+    if spec == "phrasebank-50agree":
+        return read_phrasebank(named_set_folder(spec, shared_data), "50")["text"].tolist()
+    if spec == "twitter":
+        return read_text_file(named_set_folder(spec, shared_data) / "sent_train.csv", spec)
+    return read_text_file(Path(spec).expanduser(), spec)
 
 
 def split_keys(root: Path, splits: tuple[str, ...]) -> set[str]:
     return {normalise_text(t).lower() for split in splits for t in read_split(root, split)["text"]}
 
 
-def load_transfer_set(root: Path, spec: str, shared_data: Path = SHARED_DATA, size: int | None = None,
+def load_transfer_set(root: Path, spec: str, shared_data: Path | None = None, size: int | None = None,
                       seed: int = 42) -> tuple[list[str], dict]:
     """Normalised, deduplicated transfer sentences; refuses any validation or test sentence.
 
     Named sets are built from sentences outside the prepared data; a user's file that contains a
     val/test sentence (case-insensitive, whitespace-normalised as in prepare_dataset) is an error:
-    training on it would leak the evaluation data into the student.
+    training on it would leak the evaluation data into the student. `size` draws that many
+    sentences with `seed` (the same seed, the same sample).
     """
+    if size is not None and size < 1:
+        raise FinCompressError(f"--transfer-size must be >= 1, got {size}")
     texts = [normalise_text(t) for t in read_transfer_texts(spec, shared_data)]
     keys: dict[str, str] = {}
     for text in texts:
@@ -172,8 +141,6 @@ def load_transfer_set(root: Path, spec: str, shared_data: Path = SHARED_DATA, si
     in_train = [k for k in keys if k in train]
     chosen = [t for k, t in keys.items() if k not in train]  # already in train with a gold label
     if size is not None:
-        if size < 0:
-            raise FinCompressError(f"--transfer-size must be >= 0, got {size}")
         order = np.random.default_rng(seed).permutation(len(chosen))[:size]
         chosen = [chosen[i] for i in sorted(order)]
     if not chosen:
@@ -183,40 +150,35 @@ def load_transfer_set(root: Path, spec: str, shared_data: Path = SHARED_DATA, si
     return chosen, stats
 
 
-# ----------------------------------------------------------------------------- the shared run
+# ----------------------------------------------------------------------------- flags
 
 def add_kd_arguments(parser: argparse.ArgumentParser, *, output_name: str, kd_defaults: dict,
                      train_defaults: TrainConfig, student_defaults: dict | None = None) -> None:
     add_root_argument(parser)
-    parser.add_argument("--teacher", default="teacher", help="teacher variant under checkpoints/ (default %(default)s)")
-    parser.add_argument("--output-name", default=output_name, help="student variant name (default %(default)s)")
+    parser.add_argument("--teacher", type=variant_name, default="teacher",
+                        help="teacher variant under checkpoints/ (default %(default)s)")
+    add_output_arguments(parser, output_name)
     add_student_arguments(parser, *([student_defaults] if student_defaults else []))
-    parser.add_argument("--temperature", type=float, default=kd_defaults["temperature"],
-                        help="softmax temperature T of the soft-label loss (default %(default)s)")
-    parser.add_argument("--alpha", type=float, default=kd_defaults["alpha"],
-                        help="weight of the soft-label term; 1 - alpha weighs cross-entropy (default %(default)s)")
+    parser.add_argument("--temperature", type=cli.positive_float, default=kd_defaults["temperature"],
+                        help="softmax temperature T of the soft-label loss, > 0 (default %(default)s)")
+    parser.add_argument("--alpha", type=cli.fraction, default=kd_defaults["alpha"],
+                        help="weight of the soft-label term in [0, 1]; 1 - alpha weighs cross-entropy "
+                        "(default %(default)s)")
     parser.add_argument("--transfer-set", default=None,
                         help=f"extra unlabelled sentences the teacher labels softly: {' | '.join(NAMED_TRANSFER_SETS)}"
                         " | a .csv (text column) or .txt file; validation/test sentences are refused")
-    parser.add_argument("--transfer-size", type=int, default=None,
-                        help="use a random sample of this many transfer sentences (default: all)")
-    parser.add_argument("--shared-data", type=Path, default=SHARED_DATA,
-                        help="folder of the release files the named transfer sets are read from (default %(default)s)")
-    parser.add_argument("--eval-batch-size", type=int, default=64, help="batch size for teacher logits and evaluation")
+    parser.add_argument("--transfer-size", type=cli.positive_int, default=None,
+                        help="use a random sample (drawn with --seed) of this many transfer sentences (default: all)")
+    parser.add_argument("--shared-data", type=Path, default=None,
+                        help="folder holding financial_phrasebank/ and twitter_financial_news/ for the named "
+                        "transfer sets (default: the study's assets, see `python -m fincompress.assets`)")
+    parser.add_argument("--eval-batch-size", type=cli.positive_int, default=64,
+                        help="batch size for teacher logits and evaluation (default %(default)s)")
     parser.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
     add_train_arguments(parser, train_defaults)
 
 
-def check_kd_arguments(args: argparse.Namespace) -> None:
-    if args.temperature <= 0:
-        raise FinCompressError(f"--temperature must be > 0, got {args.temperature}")
-    if not 0 <= args.alpha <= 1:
-        raise FinCompressError(f"--alpha must lie in [0, 1], got {args.alpha}")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise FinCompressError(f"--max-steps must be >= 1, got {args.max_steps}")
-    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
-        raise FinCompressError("--epochs and --batch-size must be >= 1 and --lr > 0")
-
+# ----------------------------------------------------------------------------- the shared run
 
 @dataclass
 class KDRun:
@@ -224,6 +186,9 @@ class KDRun:
 
     root: Path
     args: argparse.Namespace
+    technique: str
+    dest: Path  # the checked output folder
+    fingerprint: str  # of the data when the stage started
     config: TrainConfig
     accelerator: Accelerator
     teacher_folder: Path
@@ -238,44 +203,61 @@ class KDRun:
     transfer: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
 
+    def prediction_loss_fn(self) -> LossFn:
+        """Prediction-layer KD against the cached teacher logits (the vanilla stage's whole loss)."""
+        return cached_kd_loss_fn(self.teacher_logits, self.args.alpha, self.args.temperature)
+
 
 def load_teacher(root: Path, name: str, attn_implementation: str | None = None
                  ) -> tuple[Path, PreTrainedModel, PreTrainedTokenizerBase]:
-    folder = variant_dir(root, name)
-    if not folder.is_dir():
-        raise FinCompressError(f"teacher variant {folder} not found: train it first "
-                               "(python -m fincompress.teacher.train_teacher) or pass --teacher NAME")
-    if read_info(folder).get("format") != "pytorch":
-        raise FinCompressError(f"teacher {name!r} is not an FP32 (pytorch) variant")
+    """The frozen FP32 teacher variant `name` and its folder."""
+    folder = fp32_variant_dir(root, name, role="teacher")
     model, tokenizer = load_fp32_model(folder, attn_implementation)
     for p in model.parameters():
         p.requires_grad_(False)
     return folder, model, tokenizer
 
 
-def prepare_run(args: argparse.Namespace, attn_implementation: str | None = None,
+def check_output(root: Path, args: argparse.Namespace, technique: str) -> Path:
+    """The output folder, refused before any work if it is the teacher (or the student's init source)."""
+    inputs = [args.teacher]
+    kind, _, source = args.student_init.partition(":")
+    if kind == "pretrained" and Path(source).expanduser().is_dir():
+        inputs.append(str(Path(source).expanduser().resolve()))
+    return prepare_output(root, args.output_name, technique=technique, inputs=inputs, overwrite=args.overwrite)
+
+
+def training_texts(root: Path, args: argparse.Namespace, seed: int) -> tuple[list[str], list[int], dict]:
+    """Gold training sentences, then the transfer set's (label UNLABELLED: soft labels only)."""
+    train = read_split(root, "train")
+    texts, labels = train["text"].tolist(), train["label"].tolist()
+    if not args.transfer_set:
+        return texts, labels, {"name": None, "size": 0}
+    extra, transfer = load_transfer_set(root, args.transfer_set, args.shared_data, args.transfer_size, seed)
+    return texts + extra, labels + [UNLABELLED] * len(extra), transfer
+
+
+def prepare_run(args: argparse.Namespace, technique: str, attn_implementation: str | None = None,
                 **student_overrides) -> KDRun:
-    """Teacher, student, loaders (train + transfer set) and the cached teacher logits."""
-    check_kd_arguments(args)
+    """Guards first (output name, data fingerprint), then teacher, student, loaders and teacher logits."""
     root = project_root(args.root)
+    dest = check_output(root, args, technique)
+    fingerprint = data_fingerprint(root)
     config = train_config_from_args(args)
-    accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
     spec = student_spec_from_args(args)
+    accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
     teacher_folder, teacher, tokenizer = load_teacher(root, args.teacher, attn_implementation)
     if attn_implementation:
         student_overrides["_attn_implementation"] = attn_implementation
-    torch.manual_seed(config.seed)
+    set_seed(config.seed)  # the student's new weights
     student, init_record = build_student(spec, teacher, **student_overrides)
-    train = read_split(root, "train")
-    texts, labels = train["text"].tolist(), train["label"].tolist()
-    transfer: dict = {"name": None, "size": 0}
-    if args.transfer_set:
-        extra, transfer = load_transfer_set(root, args.transfer_set, args.shared_data, args.transfer_size, config.seed)
-        texts, labels = texts + extra, labels + [UNLABELLED] * len(extra)
-    logits, cache = cached_teacher_logits(root, teacher_folder, teacher, tokenizer, texts, args.eval_batch_size)
+    texts, labels, transfer = training_texts(root, args, config.seed)
+    logits, cache = teacher_logits(root, teacher_folder, teacher, tokenizer, texts, data_fingerprint=fingerprint,
+                                   accelerator=accelerator, batch_size=args.eval_batch_size)
     return KDRun(
-        root=root, args=args, config=config, accelerator=accelerator, teacher_folder=teacher_folder,
-        teacher=teacher.to(accelerator.device), tokenizer=tokenizer, student=student, init_record=init_record,
+        root=root, args=args, technique=technique, dest=dest, fingerprint=fingerprint, config=config,
+        accelerator=accelerator, teacher_folder=teacher_folder, teacher=teacher, tokenizer=tokenizer,
+        student=student, init_record=init_record,
         train_loader=make_loader(tokenizer, texts, labels, batch_size=config.batch_size, shuffle=True,
                                  seed=config.seed),
         val_loader=split_loader(root, "val", tokenizer, batch_size=args.eval_batch_size),
@@ -283,28 +265,45 @@ def prepare_run(args: argparse.Namespace, attn_implementation: str | None = None
         teacher_logits=torch.from_numpy(logits).to(accelerator.device), transfer=transfer, cache=cache)
 
 
-def cached_prediction_loss_fn(run: KDRun):
-    """loss_fn for `fit`: prediction-layer KD against the cached teacher logits of each example."""
-    def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        logits = model(**model_inputs(batch)).logits
-        return prediction_loss(logits, run.teacher_logits[batch["index"]], batch["labels"],
-                               run.args.alpha, run.args.temperature)
-    return loss_fn
+# ----------------------------------------------------------------------------- saving
+
+def variant_info(run: KDRun, result: FitResult, student: PreTrainedModel, test_metrics: dict,
+                 extra_hyperparameters: dict) -> dict:
+    """checkpoint_info.json of a KD student."""
+    args = run.args
+    teacher_info = read_info(run.teacher_folder)
+    cost = describe_student(student, run.teacher)
+    return {
+        "model_name": args.output_name, "technique": run.technique, "source_checkpoint": args.teacher,
+        "val_macro_f1": result.best_metrics["macro_f1"], "val_metrics": result.best_metrics,
+        "test_metrics": test_metrics,
+        "teacher_test_macro_f1": (teacher_info.get("test_metrics") or {}).get("macro_f1"),
+        "student": {**run.init_record, **spec_dict(student_spec_from_args(args)), **cost},
+        "transfer_set": run.transfer, "train_examples": len(run.train_loader.dataset),
+        "hyperparameters": {**describe(run.config), "temperature": args.temperature, "alpha": args.alpha,
+                            "student_init": args.student_init, "transfer_set": run.transfer.get("name"),
+                            "transfer_size": run.transfer.get("size", 0), **extra_hyperparameters,
+                            "config": args.config_values},
+        "teacher_logits_cache": run.cache, "data_fingerprint": run.fingerprint,
+        "training_log": str(result.log_path), "training": result.summary(),
+        "epochs": result.epochs, "steps": result.steps, "best_step": result.best_step,
+    }
 
 
-def append_run_row(root: Path, row: dict) -> Path:
-    """One row per distillation run in results/ (written whole, then renamed)."""
-    path = results_dir(root) / RUNS_TABLE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.read_csv(path) if path.is_file() else pd.DataFrame()
-    frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+def runs_table_row(info: dict, created_at: str) -> dict:
+    """The run's row in results/distillation_init_comparison.csv."""
+    student, transfer = info["student"], info["transfer_set"]
+    teacher_test = info["teacher_test_macro_f1"]
+    return {"created_at": created_at, "variant": info["model_name"], "technique": info["technique"],
+            "init": student["init"], "shape": student["shape"],
+            "source_layers": json.dumps(student.get("source_layers")), "transfer_set": transfer.get("name"),
+            "transfer_size": transfer.get("size", 0), "epochs": info["epochs"], "steps": info["steps"],
+            "encoder_flops_ratio": student["encoder_flops_ratio"], "val_macro_f1": round(info["val_macro_f1"], 4),
+            "test_macro_f1": round(info["test_metrics"]["macro_f1"], 4),
+            "teacher_test_macro_f1": None if teacher_test is None else round(teacher_test, 4)}
 
 
-def finish_run(run: KDRun, result: FitResult, technique: str, extra_hyperparameters: dict) -> dict:
+def finish_run(run: KDRun, result: FitResult, extra_hyperparameters: dict) -> dict:
     """Test the student, save it as a variant (our label order, training-only parts dropped), log the run."""
     accelerator = run.accelerator
     student = accelerator.unwrap_model(run.student)
@@ -312,35 +311,16 @@ def finish_run(run: KDRun, result: FitResult, technique: str, extra_hyperparamet
     # Attention-map dropout is switched off only while distilling attention; the saved config keeps the
     # teacher's value so later fine-tuning (pruning recovery, QAT) behaves like any BERT.
     student.config.attention_probs_dropout_prob = run.teacher.config.attention_probs_dropout_prob
-    teacher_info = read_info(run.teacher_folder)
-    teacher_test = (teacher_info.get("test_metrics") or {}).get("macro_f1")
-    cost = describe_student(student, run.teacher)
-    info = {
-        "model_name": run.args.output_name, "technique": technique, "source_checkpoint": run.args.teacher,
-        "val_macro_f1": result.best_metrics["macro_f1"], "val_metrics": result.best_metrics,
-        "test_metrics": test_metrics, "teacher_test_macro_f1": teacher_test,
-        "student": {**run.init_record, **spec_dict(student_spec_from_args(run.args)), **cost},
-        "transfer_set": run.transfer, "train_examples": len(run.train_loader.dataset),
-        "hyperparameters": {**describe(run.config), "temperature": run.args.temperature, "alpha": run.args.alpha,
-                            "student_init": run.args.student_init, "transfer_set": run.transfer.get("name"),
-                            "transfer_size": run.transfer.get("size", 0), **extra_hyperparameters},
-        "teacher_logits_cache": run.cache, "data_fingerprint": data_fingerprint(run.root),
-        "training_log": str(result.log_path), "steps": result.steps, "best_step": result.best_step,
-    }
+    info = variant_info(run, result, student, test_metrics, extra_hyperparameters)
     if not accelerator.is_main_process:
         return info
-    dest = save_fp32_variant(variant_dir(run.root, run.args.output_name), student.cpu(), run.tokenizer, info)
-    table = append_run_row(run.root, {
-        "created_at": read_info(dest)["created_at"], "variant": run.args.output_name, "technique": technique,
-        "init": run.args.student_init, "shape": run.init_record["shape"],
-        "source_layers": json.dumps(run.init_record.get("source_layers")),
-        "transfer_set": run.transfer.get("name"), "transfer_size": run.transfer.get("size", 0),
-        "steps": result.steps, "encoder_flops_ratio": cost["encoder_flops_ratio"],
-        "val_macro_f1": round(info["val_macro_f1"], 4), "test_macro_f1": round(test_metrics["macro_f1"], 4),
-        "teacher_test_macro_f1": None if teacher_test is None else round(teacher_test, 4)})
+    dest = save_fp32_variant(run.dest, student.cpu(), run.tokenizer, info)
+    table = append_csv_rows(results_dir(run.root) / RUNS_TABLE, [runs_table_row(info, read_info(dest)["created_at"])],
+                            RUNS_COLUMNS)
+    teacher_test = info["teacher_test_macro_f1"]
     teacher_part = "" if teacher_test is None else f" (teacher test macro F1 {teacher_test:.4f})"
-    print(f"{run.args.output_name}: {run.init_record['shape']}, init {run.args.student_init}, "
-          f"{cost['encoder_flops_ratio']}x fewer encoder FLOPs/token; val macro F1 {info['val_macro_f1']:.4f}, "
-          f"test macro F1 {test_metrics['macro_f1']:.4f}{teacher_part} after {result.steps} steps -> {dest} "
-          f"(row added to {table})")
+    print(f"{info['model_name']}: {info['student']['shape']}, init {info['student']['init']}, "
+          f"{info['student']['encoder_flops_ratio']}x fewer encoder FLOPs/token; val macro F1 "
+          f"{info['val_macro_f1']:.4f}, test macro F1 {test_metrics['macro_f1']:.4f}{teacher_part} after "
+          f"{result.steps} steps -> {dest} (row added to {table})")
     return info

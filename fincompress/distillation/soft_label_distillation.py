@@ -4,12 +4,17 @@ softened class distribution and the gold labels.
     loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, label)
 
 Reads  <root>/checkpoints/<teacher>/ (default `teacher`), <root>/data/{train,val,test}.csv and,
-       with --transfer-set, extra unlabelled sentences (soft labels only; val/test sentences refused).
+       with --transfer-set, extra unlabelled sentences (soft labels only; val/test sentences refused;
+       the named sets from the study's assets or --shared-data).
 Writes <root>/checkpoints/<output-name>/ (default `student_vanilla_kd`; a transformers
        BertForSequenceClassification, checkpoint_info.json with init, shape, transfer-set size,
        hyperparameters, val and test metrics), a training curve <root>/logs/<output-name>_<time>.csv,
        a row in <root>/results/distillation_init_comparison.csv, and the teacher's logits on the
        training texts in <root>/.cache/teacher_logits/ (reused while teacher, data and texts are unchanged).
+
+Refuses before any work: an output name that is not a plain variant name, that is the teacher, or
+that holds a variant made by another stage (unless --overwrite). Refuses to save if the data was
+re-prepared while it trained. The same --seed, data and threads give the same student.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import argparse
 
 from fincompress.common import cli
 from fincompress.common.training import TrainConfig, fit
-from fincompress.distillation.kd import add_kd_arguments, cached_prediction_loss_fn, finish_run, prepare_run
+from fincompress.distillation.kd import add_kd_arguments, finish_run, prepare_run
 
-# Hinton's T = 4 as in the issue; alpha weighs the soft targets. Students train longer than a
+# Hinton's T = 4; alpha weighs the soft targets. Students train longer than a
 # fine-tuned teacher and at a higher rate (small models, fewer updates per example matter more).
 CONFIG = {"temperature": 4.0, "alpha": 0.7}
 DEFAULTS = TrainConfig(epochs=8, batch_size=32, lr=1e-4, weight_decay=0.01, warmup_fraction=0.1,
@@ -36,11 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    run = prepare_run(args)
+    args = cli.parse_args(build_parser(), argv)
+    run = prepare_run(args, TECHNIQUE)
     result = fit(run.student, run.train_loader, run.val_loader, run.config, root=run.root,
-                 run_name=args.output_name, loss_fn=cached_prediction_loss_fn(run), accelerator=run.accelerator)
-    return finish_run(run, result, TECHNIQUE, {})
+                 run_name=args.output_name, loss_fn=run.prediction_loss_fn(), accelerator=run.accelerator)
+    return finish_run(run, result, {})
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Initialisations (`--student-init`):
 - `scratch`: random weights (the original study's baseline);
 - `pretrained:NAME_OR_PATH`: embeddings, pooler and a subset of the layers of a pretrained compact
   BERT of the same width (default `nreimers/MiniLM-L6-H384-uncased` from the Hub; offline:
-  `../shared/models/all-MiniLM-L6-v2`);
+  `pretrained:assets:models/all-MiniLM-L6-v2`, the study's assets folder);
 - `teacher-layers`: embeddings, pooler, classifier and a subset of the teacher's own layers
   (DistilBERT), when the widths match.
 Which source layers are copied is a layer map (`--init-layer-map`, evenly spaced by default).
@@ -23,12 +23,13 @@ from dataclasses import asdict, dataclass
 from torch import nn
 from transformers import AutoModel, BertForSequenceClassification, PretrainedConfig, PreTrainedModel
 
+from fincompress.common import cli
 from fincompress.common.hub_models import set_project_labels
 from fincompress.common.paths import FinCompressError
 
 DEFAULT_PRETRAINED = "nreimers/MiniLM-L6-H384-uncased"
-OFFLINE_PRETRAINED = "../shared/models/all-MiniLM-L6-v2"
-# The issue's student for FinBERT: 4 layers x 384, 12 heads, FFN 1536 (TinyBERT-4 is 4 x 312).
+OFFLINE_PRETRAINED = "assets:models/all-MiniLM-L6-v2"  # resolved by common.assets (see `python -m fincompress.assets`)
+# The study's student for FinBERT: 4 layers x 384, 12 heads, FFN 1536 (TinyBERT-4 is 4 x 312).
 STUDENT_DEFAULTS = {"layers": 4, "hidden": 384, "heads": 12, "ffn": 1536,
                     "init": f"pretrained:{DEFAULT_PRETRAINED}", "init_layer_map": "uniform"}
 FLOPS_SEQUENCE_LENGTH = 64  # the benchmark's typical sentence length, for the FLOPs-per-token figure
@@ -78,10 +79,14 @@ def layer_map(spec: str, student_layers: int, teacher_layers: int) -> list[int]:
 # ----------------------------------------------------------------------------- building
 
 def add_student_arguments(parser: argparse.ArgumentParser, defaults: dict = STUDENT_DEFAULTS) -> None:
-    parser.add_argument("--student-layers", type=int, default=defaults["layers"], help="student encoder layers")
-    parser.add_argument("--student-hidden", type=int, default=defaults["hidden"], help="student hidden width")
-    parser.add_argument("--student-heads", type=int, default=defaults["heads"], help="student attention heads")
-    parser.add_argument("--student-ffn", type=int, default=defaults["ffn"], help="student feed-forward width")
+    parser.add_argument("--student-layers", type=cli.positive_int, default=defaults["layers"],
+                        help="student encoder layers")
+    parser.add_argument("--student-hidden", type=cli.positive_int, default=defaults["hidden"],
+                        help="student hidden width")
+    parser.add_argument("--student-heads", type=cli.positive_int, default=defaults["heads"],
+                        help="student attention heads")
+    parser.add_argument("--student-ffn", type=cli.positive_int, default=defaults["ffn"],
+                        help="student feed-forward width")
     parser.add_argument("--student-init", default=defaults["init"],
                         help="scratch | pretrained:NAME_OR_PATH | teacher-layers (default %(default)s; "
                         f"offline: pretrained:{OFFLINE_PRETRAINED})")
@@ -136,8 +141,9 @@ def check_same_shape(spec: StudentSpec, source: PretrainedConfig, what: str) -> 
 
 
 def load_pretrained_encoder(name_or_path: str) -> PreTrainedModel:
+    """A Hub name, a folder, or `assets:RELATIVE/PATH` (a model of the study's assets folder)."""
     try:
-        return AutoModel.from_pretrained(name_or_path)
+        return AutoModel.from_pretrained(cli.resolve_asset_value(name_or_path))
     except (OSError, ValueError) as exc:
         raise FinCompressError(
             f"could not load the pretrained student initialisation {name_or_path!r} "
