@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -30,10 +29,21 @@ def read_split(root: Path, split: str) -> pd.DataFrame:
             f"{path} not found: run `python -m fincompress.data.prepare_dataset` first "
             f"(offline: add `--source local`)."
         )
-    frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, dtype=str, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise FinCompressError(f"{path}: empty file; re-run `python -m fincompress.data.prepare_dataset`") from None
+    except UnicodeDecodeError as exc:
+        raise FinCompressError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}); re-run "
+                               f"`python -m fincompress.data.prepare_dataset`") from exc
+    except pd.errors.ParserError as exc:
+        raise FinCompressError(f"{path}: malformed CSV ({str(exc).strip()})") from exc
     missing = {"text", "label"} - set(frame.columns)
     if missing:
         raise FinCompressError(f"{path}: missing column(s) {sorted(missing)}; expected text,label[,source]")
+    if frame.empty:
+        raise FinCompressError(f"{path}: a header but no rows; re-run `python -m fincompress.data.prepare_dataset` "
+                               f"(with more data or a larger --sample-fraction)")
     labels = pd.to_numeric(frame["label"], errors="coerce")
     bad = frame.index[labels.isna() | ~labels.isin(range(len(LABELS)))]
     if len(bad):
@@ -51,6 +61,8 @@ def read_split(root: Path, split: str) -> pd.DataFrame:
 
 
 def compute_fingerprint(paths: list[Path]) -> str:
+    """Short digest of the split files' names and bytes (the value recorded in dataset_info.json and in
+    every variant's checkpoint_info.json; kept byte-compatible with the fingerprints already published)."""
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.name.encode())
@@ -58,12 +70,18 @@ def compute_fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+class MissingSplit(FinCompressError, FileNotFoundError):
+    """A prepared split is missing: a user error (one line), and a FileNotFoundError for code that treats
+    unreadable data as an OSError."""
+
+
 def data_fingerprint(root: Path) -> str:
-    """Fingerprint of the prepared splits (recorded by prepare_dataset, else computed)."""
-    info_path = data_dir(root) / DATASET_INFO
-    if info_path.is_file():
-        return json.loads(info_path.read_text())["fingerprint"]
-    return compute_fingerprint([split_path(root, s) for s in SPLITS])
+    """Fingerprint of the prepared splits as they are on disk now (so an edited or re-prepared split is noticed)."""
+    paths = [split_path(root, s) for s in SPLITS]
+    for path in paths:
+        if not path.is_file():
+            raise MissingSplit(f"{path} not found: run `python -m fincompress.data.prepare_dataset` first")
+    return compute_fingerprint(paths)
 
 
 class EncodedTexts(torch.utils.data.Dataset):

@@ -1,9 +1,17 @@
-"""Prepare the study's data: Financial PhraseBank + FiQA-2018 task 1, as in the original study.
+"""Prepare the study's data: Financial PhraseBank + FiQA-2018 task 1 (as in the original study), or your own texts.
 
-Reads  the Hub datasets (`--source hub`, default) or the original release files
-       (`--source local --phrasebank-dir DIR --fiqa-dir DIR`, e.g. ../shared/data/...).
+Reads  one of
+       --source hub    (default) the Hub's copies, pinned: the PhraseBank release zip of the dataset repository
+                       takala/financial_phrasebank and the FiQA Parquet splits of
+                       TheFinAI/fiqa-sentiment-classification (downloaded once into the Hugging Face cache);
+       --source local  the release files: --phrasebank-dir (a folder holding Sentences_*.txt or the release zip,
+                       or the zip itself) and --fiqa-dir (task1_*_ABSA_train.json); both default to the assets
+                       folder (see `python -m fincompress.assets`);
+       --source csv    your labelled texts: --data-file FILE (split here), or --train-file/--val-file/--test-file;
+                       columns text,label with labels negative/neutral/positive (any case) or 0/1/2.
 Writes <root>/data/train.csv, val.csv, test.csv (columns text,label,source; labels
-       0 negative, 1 neutral, 2 positive) and data/dataset_info.json (counts, fingerprint).
+       0 negative, 1 neutral, 2 positive) and data/dataset_info.json (counts, fingerprint, the pinned
+       revisions and sha256 of the files read).
 
 Rules (documented in the README):
 - FiQA sentences with several targets get the mean of their targets' scores; a score
@@ -11,7 +19,8 @@ Rules (documented in the README):
 - Whitespace is normalised; empty texts are dropped.
 - Duplicates (case-insensitive, after normalisation) are dropped within and across sources;
   a text whose copies carry different labels is dropped entirely (its label is ambiguous).
-- Stratified 70/15/15 split on label x source with a fixed seed.
+- Stratified 70/15/15 split on label x source with a fixed seed (given train/val/test files are kept as
+  they are, minus texts already in an earlier split).
 """
 
 from __future__ import annotations
@@ -26,16 +35,27 @@ from sklearn.model_selection import train_test_split
 
 from fincompress.common import cli
 from fincompress.common.data import DATASET_INFO, SPLITS, compute_fingerprint, split_path
+from fincompress.common.hub_models import hub_download
+from fincompress.common.io import atomic_write, atomic_write_text, sha256_file
 from fincompress.common.paths import LABELS, FinCompressError, add_root_argument, data_dir, project_root
 from fincompress.common.raw_data import (
     AGREEMENT_FILES,
+    COLUMNS,
     FIQA_FILES,
     FIQA_THRESHOLD,
-    find_phrasebank_file,
+    HUB_FIQA,
+    HUB_PHRASEBANK,
+    PHRASEBANK_ZIP,
+    fiqa_inputs,
+    fiqa_sentences_from_targets,
     normalise_text,
-    parse_fiqa_file,
-    parse_phrasebank_file,
-    score_to_label,
+    parse_labelled_csv,
+    phrasebank_file_name,
+    phrasebank_input,
+    read_fiqa,
+    read_fiqa_parquet,
+    read_phrasebank,
+    read_phrasebank_zip,
 )
 
 log = logging.getLogger("fincompress.prepare_dataset")
@@ -45,44 +65,111 @@ CONFIG = {
     "fiqa_threshold": FIQA_THRESHOLD,
     "split": (0.70, 0.15, 0.15),
     "seed": 42,
-    # Hub copies of the two datasets (what users with internet get).
-    "hub_phrasebank": "takala/financial_phrasebank",
-    "hub_fiqa": "TheFinAI/fiqa-sentiment-classification",
+    "min_stratum": 10,  # a label x source group smaller than this is stratified by its label alone
 }
-LOCAL_HINT = ("--source local --phrasebank-dir ../shared/data/financial_phrasebank "
-              "--fiqa-dir ../shared/data/fiqa_2018")
+LOCAL_HINT = ("--source local --phrasebank-dir DIR --fiqa-dir DIR (both default to the assets folder: "
+              "`python -m fincompress.assets` shows or fetches it), or the offline preset: "
+              "python -m fincompress.pipeline --preset offline")
 
 
-def load_local(phrasebank_dir: Path, fiqa_dir: Path, agreement: str) -> pd.DataFrame:
-    for name, directory in (("--phrasebank-dir", phrasebank_dir), ("--fiqa-dir", fiqa_dir)):
-        if directory is None or not Path(directory).is_dir():
-            raise FinCompressError(f"{name} {directory}: not a folder ({LOCAL_HINT})")
-    frames = [parse_phrasebank_file(find_phrasebank_file(phrasebank_dir, agreement))]
-    frames += [parse_fiqa_file(Path(fiqa_dir) / name) for name in FIQA_FILES]
-    return pd.concat(frames, ignore_index=True)
+# ----------------------------------------------------------------------------- local release files
+
+def load_local(phrasebank_dir: Path | None, fiqa_dir: Path | None, agreement: str) -> tuple[pd.DataFrame, dict]:
+    """The release files (a missing folder defaults to the assets folder's copy)."""
+    from fincompress.common.assets import asset_file
+
+    phrasebank_dir = Path(phrasebank_dir) if phrasebank_dir else asset_file("data/financial_phrasebank")
+    fiqa_dir = Path(fiqa_dir) if fiqa_dir else asset_file("data/fiqa_2018")
+    if not phrasebank_dir.exists():
+        raise FinCompressError(f"--phrasebank-dir {phrasebank_dir}: no such folder or zip (expected the Financial "
+                               f"PhraseBank release: its Sentences_*.txt files or {PHRASEBANK_ZIP})")
+    if not fiqa_dir.is_dir():
+        raise FinCompressError(f"--fiqa-dir {fiqa_dir}: not a folder (expected the FiQA-2018 task 1 release: "
+                               f"{', '.join(FIQA_FILES)})")
+    frame = pd.concat([read_phrasebank(phrasebank_dir, agreement), read_fiqa(fiqa_dir)], ignore_index=True)
+    return frame, {"phrasebank": describe_inputs([phrasebank_input(phrasebank_dir, agreement)]),
+                   "fiqa": describe_inputs(fiqa_inputs(fiqa_dir))}
+
+
+def describe_inputs(paths: list[Path]) -> dict[str, str]:
+    """The sha256 of each file read (the provenance kept in dataset_info.json)."""
+    return {str(Path(path).resolve()): sha256_file(path) for path in paths}
 
 
 # ----------------------------------------------------------------------------- Hub
 
-def load_hub(agreement: str) -> pd.DataFrame:
-    from datasets import load_dataset
-
-    config = f"sentences_{'allagree' if agreement == 'all' else agreement + 'agree'}"
+def hub_file(repo_id: str, filename: str, revision: str) -> Path:
+    """One file of a Hub dataset repository at a pinned revision (from the Hugging Face cache when there)."""
     try:
-        phrasebank = load_dataset(CONFIG["hub_phrasebank"], config, split="train").to_pandas()
-        fiqa = pd.concat([split.to_pandas() for split in load_dataset(CONFIG["hub_fiqa"]).values()])
-    except Exception as exc:  # datasets raises many types (ConnectionError, OfflineModeIsEnabled, ...)
-        raise FinCompressError(f"could not download the Hub datasets ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:160]}). Offline, use the release files: "
-                               f"{LOCAL_HINT}") from exc
-    # takala/financial_phrasebank uses our order (0 negative, 1 neutral, 2 positive).
-    rows = [{"text": t, "label": int(y), "source": "phrasebank"}
-            for t, y in zip(phrasebank["sentence"], phrasebank["label"])]
-    # One row per (sentence, target): average a sentence's scores, as for the local files.
-    fiqa_mean = fiqa.groupby("sentence", sort=False).agg(score=("score", "mean"), type=("type", "first"))
-    rows += [{"text": s, "label": score_to_label(r.score), "source": f"fiqa_{r.type}"}
-             for s, r in fiqa_mean.iterrows()]
-    return pd.DataFrame(rows, columns=["text", "label", "source"])
+        return hub_download(repo_id, filename, repo_type="dataset", revision=revision)
+    except Exception as exc:  # huggingface_hub raises many types (offline, HTTP, not found, ...)
+        first_line = (str(exc).splitlines() or [""])[0][:160]
+        raise FinCompressError(f"could not download {filename} of the Hub dataset {repo_id} ({type(exc).__name__}: "
+                               f"{first_line}). Offline, use the release files: {LOCAL_HINT}") from exc
+
+
+def load_hub(agreement: str) -> tuple[pd.DataFrame, dict]:
+    """PhraseBank from the release zip in its dataset repository, FiQA from its Parquet splits (pinned)."""
+    zip_path = hub_file(HUB_PHRASEBANK["repo_id"], HUB_PHRASEBANK["filename"], HUB_PHRASEBANK["revision"])
+    digest = sha256_file(zip_path)
+    if digest != HUB_PHRASEBANK["sha256"]:
+        raise FinCompressError(f"{zip_path}: sha256 {digest} is not the release's {HUB_PHRASEBANK['sha256']}; "
+                               f"delete it from the Hugging Face cache and run again")
+    phrasebank = read_phrasebank_zip(zip_path, agreement)
+    split_files = {split: hub_file(HUB_FIQA["repo_id"], name, HUB_FIQA["revision"])
+                   for split, name in HUB_FIQA["splits"].items()}
+    targets = read_fiqa_parquet(split_files.values())
+    fiqa = fiqa_sentences_from_targets(targets)
+    provenance = {
+        "phrasebank": {"repo_id": HUB_PHRASEBANK["repo_id"], "revision": HUB_PHRASEBANK["revision"],
+                       "filename": HUB_PHRASEBANK["filename"], "sha256": digest,
+                       "member": phrasebank_file_name(agreement)},
+        "fiqa": {"repo_id": HUB_FIQA["repo_id"], "revision": HUB_FIQA["revision"],
+                 "splits": {split: {"filename": HUB_FIQA["splits"][split], "sha256": sha256_file(path),
+                                    "rows": int(pd.read_parquet(path, columns=["score"]).shape[0])}
+                            for split, path in split_files.items()}},
+    }
+    return pd.concat([phrasebank, fiqa], ignore_index=True), provenance
+
+
+# ----------------------------------------------------------------------------- your own CSV
+
+def load_csv_files(data_file: Path | None, split_files: dict[str, Path | None]) -> tuple[dict[str, pd.DataFrame], dict]:
+    """`--data-file` (one frame under "all") or the three `--*-file` splits, each parsed and checked."""
+    given = {split: path for split, path in split_files.items() if path is not None}
+    if data_file is not None and given:
+        raise FinCompressError("--data-file and --train-file/--val-file/--test-file exclude each other: give one "
+                               "file to split, or the three splits")
+    if data_file is None and not given:
+        raise FinCompressError("--source csv needs --data-file FILE (columns text,label), or --train-file, "
+                               "--val-file and --test-file")
+    if given and len(given) != len(SPLITS):
+        missing = [f"--{split}-file" for split in SPLITS if split not in given]
+        raise FinCompressError(f"--source csv with split files needs all three: missing {', '.join(missing)}")
+    files = {"all": Path(data_file)} if data_file is not None else {s: Path(given[s]) for s in SPLITS}
+    frames = {name: parse_labelled_csv(path) for name, path in files.items()}
+    provenance = {name: {"file": str(path.resolve()), "sha256": sha256_file(path)} for name, path in files.items()}
+    return frames, provenance
+
+
+def clean_given_splits(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Clean each given split, then drop from val and test any text already in an earlier split (no leakage)."""
+    splits, stats, seen = {}, {"raw": 0, "empty_dropped": 0, "conflicting_texts_dropped": 0,
+                               "duplicates_dropped": 0, "overlap_dropped": 0}, set()
+    for name in SPLITS:
+        clean, part = clean_and_deduplicate(frames[name])
+        for key in ("raw", "empty_dropped", "conflicting_texts_dropped", "duplicates_dropped"):
+            stats[key] += part[key]
+        keys = clean["text"].str.lower()
+        overlap = keys.isin(seen)
+        stats["overlap_dropped"] += int(overlap.sum())
+        splits[name] = clean[~overlap].reset_index(drop=True)
+        seen |= set(keys)
+        if splits[name].empty:
+            raise FinCompressError(f"--{name}-file: no texts left after cleaning and removing texts of earlier "
+                                   f"splits")
+    stats["total"] = sum(len(part) for part in splits.values())
+    return splits, stats
 
 
 # ----------------------------------------------------------------------------- cleaning and split
@@ -103,12 +190,23 @@ def clean_and_deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     return deduplicated, stats
 
 
-def strata(frame: pd.DataFrame, min_size: int = 10) -> pd.Series:
+def strata(frame: pd.DataFrame, min_size: int = CONFIG["min_stratum"]) -> pd.Series:
     """label x source; a stratum too small to split 70/15/15 falls back to its label alone."""
     combined = frame["label"].astype(str) + "|" + frame["source"]
     counts = combined.value_counts()
     rare = combined.isin(counts[counts < min_size].index)
     return combined.where(~rare, frame["label"].astype(str) + "|other")
+
+
+def label_counts(frame: pd.DataFrame) -> str:
+    counts = frame["label"].value_counts().reindex(range(len(LABELS)), fill_value=0)
+    return ", ".join(f"{LABELS[i]} {int(c)}" for i, c in counts.items())
+
+
+def _too_small(what: str, exc: Exception | None = None) -> FinCompressError:
+    reason = f" ({str(exc).splitlines()[0]})" if exc is not None else ""
+    return FinCompressError(f"{what}: too few texts for a stratified 70/15/15 split{reason}; use a larger "
+                            f"--sample-fraction or more data")
 
 
 def stratified_sample(frame: pd.DataFrame, fraction: float, seed: int = CONFIG["seed"]) -> pd.DataFrame:
@@ -117,18 +215,29 @@ def stratified_sample(frame: pd.DataFrame, fraction: float, seed: int = CONFIG["
         raise FinCompressError(f"--sample-fraction must be in (0, 1], got {fraction}")
     if fraction == 1:
         return frame
-    sample, _ = train_test_split(frame, train_size=fraction, stratify=strata(frame), random_state=seed)
+    try:
+        sample, _ = train_test_split(frame, train_size=fraction, stratify=strata(frame), random_state=seed)
+    except ValueError as exc:
+        raise _too_small(f"--sample-fraction {fraction} keeps about {round(fraction * len(frame))} of {len(frame)} "
+                         f"texts", exc) from exc
     return sample.reset_index(drop=True)
 
 
-def stratified_split(frame: pd.DataFrame, fractions=CONFIG["split"], seed: int = CONFIG["seed"]
-                     ) -> dict[str, pd.DataFrame]:
-    """70/15/15 split stratified on label x source, deterministic for a seed."""
-    train, rest = train_test_split(frame, train_size=fractions[0], stratify=strata(frame), random_state=seed)
-    val_share = fractions[1] / (fractions[1] + fractions[2])
-    val, test = train_test_split(rest, train_size=val_share, stratify=strata(rest, min_size=4), random_state=seed)
-    return {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True),
-            "test": test.reset_index(drop=True)}
+def stratified_split(frame: pd.DataFrame, fractions=CONFIG["split"], seed: int = CONFIG["seed"],
+                     what: str = "the data") -> dict[str, pd.DataFrame]:
+    """70/15/15 split stratified on label x source, deterministic for a seed; too little data is a clear error."""
+    try:
+        train, rest = train_test_split(frame, train_size=fractions[0], stratify=strata(frame), random_state=seed)
+        val_share = fractions[1] / (fractions[1] + fractions[2])
+        val, test = train_test_split(rest, train_size=val_share, stratify=strata(rest, min_size=4),
+                                     random_state=seed)
+    except ValueError as exc:
+        raise _too_small(f"{what} ({len(frame)} texts: {label_counts(frame)})", exc) from exc
+    splits = {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True),
+              "test": test.reset_index(drop=True)}
+    if any(part.empty for part in splits.values()):
+        raise _too_small(f"{what} ({len(frame)} texts: {label_counts(frame)})")
+    return splits
 
 
 def class_table(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -141,49 +250,79 @@ def class_table(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def write_splits(root: Path, splits: dict[str, pd.DataFrame], info: dict) -> dict:
-    """Write the CSVs and dataset_info.json (each file written whole, then renamed)."""
+    """Write the CSVs and dataset_info.json, each written whole then renamed (common.io)."""
     out = data_dir(root)
     out.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
-        tmp = out / f".{name}.csv.tmp"
-        splits[name][["text", "label", "source"]].to_csv(tmp, index=False)
-        tmp.replace(split_path(root, name))
+        atomic_write(split_path(root, name), lambda tmp, part=splits[name]: part[COLUMNS].to_csv(tmp, index=False))
     info = {**info, "fingerprint": compute_fingerprint([split_path(root, s) for s in SPLITS]),
             "sizes": {name: len(splits[name]) for name in SPLITS}}
-    (out / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_text(out / DATASET_INFO, json.dumps(info, indent=2) + "\n")
     return info
 
+
+# ----------------------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fincompress.data.prepare_dataset", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_root_argument(parser)
-    parser.add_argument("--source", choices=("hub", "local"), default="hub",
-                        help="hub: download the Hub datasets (default); local: read release files")
+    parser.add_argument("--source", choices=("hub", "local", "csv"), default="hub",
+                        help="hub: the Hub's copies (default); local: the release files; csv: your labelled texts")
     parser.add_argument("--agreement", choices=tuple(AGREEMENT_FILES), default=CONFIG["agreement"],
                         help="Financial PhraseBank annotator-agreement level (default: all = 100%%)")
-    parser.add_argument("--phrasebank-dir", type=Path, help="folder holding Sentences_*.txt (with --source local)")
-    parser.add_argument("--fiqa-dir", type=Path, help="folder holding task1_*_ABSA_train.json (with --source local)")
-    parser.add_argument("--seed", type=int, default=CONFIG["seed"], help="split seed")
-    parser.add_argument("--sample-fraction", type=float, default=1.0,
+    parser.add_argument("--phrasebank-dir", type=Path,
+                        help="with --source local: folder holding Sentences_*.txt or the release zip, or the zip "
+                        "(default: the assets folder's data/financial_phrasebank)")
+    parser.add_argument("--fiqa-dir", type=Path, help="with --source local: folder holding task1_*_ABSA_train.json "
+                        "(default: the assets folder's data/fiqa_2018)")
+    parser.add_argument("--data-file", type=Path, help="with --source csv: a CSV of text,label to split 70/15/15")
+    for split in SPLITS:
+        parser.add_argument(f"--{split}-file", type=Path, help=f"with --source csv: the {split} split as a CSV of "
+                            "text,label (give all three, instead of --data-file)")
+    parser.add_argument("--seed", type=cli.non_negative_int, default=CONFIG["seed"], help="split seed")
+    parser.add_argument("--sample-fraction", type=cli.sample_fraction, default=1.0,
                         help="keep a stratified share of the deduplicated data before splitting (smoke runs)")
     return parser
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Flags that belong to another --source are a mistake worth one line, not silently ignored."""
+    owned = {"local": ("phrasebank_dir", "fiqa_dir"), "csv": ("data_file", *(f"{s}_file" for s in SPLITS))}
+    for source, dests in owned.items():
+        for dest in dests:
+            if getattr(args, dest) is not None and args.source != source:
+                raise FinCompressError(f"--{dest.replace('_', '-')} is for --source {source}, not --source "
+                                       f"{args.source}")
+    if args.source == "csv" and args.data_file is None and args.sample_fraction != 1.0:
+        raise FinCompressError("--sample-fraction applies to --data-file (one file split here), not to given splits")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = cli.parse_args(build_parser(), argv)
+    check_flags(args)
     root = project_root(args.root)
-    if args.source == "local":
-        raw = load_local(args.phrasebank_dir, args.fiqa_dir, args.agreement)
+    info = {"source": args.source, "seed": args.seed, "sample_fraction": args.sample_fraction}
+    if args.source == "csv":
+        frames, inputs = load_csv_files(args.data_file, {s: getattr(args, f"{s}_file") for s in SPLITS})
+        if "all" in frames:
+            frame, stats = clean_and_deduplicate(frames["all"])
+            frame = stratified_sample(frame, args.sample_fraction, args.seed)
+            splits = stratified_split(frame, seed=args.seed, what=f"--data-file {args.data_file}")
+        else:
+            splits, stats = clean_given_splits(frames)
     else:
-        raw = load_hub(args.agreement)
-    frame, stats = clean_and_deduplicate(raw)
-    frame = stratified_sample(frame, args.sample_fraction, args.seed)
-    splits = stratified_split(frame, seed=args.seed)
-    info = write_splits(root, splits, {"source": args.source, "agreement": args.agreement, "seed": args.seed,
-                                       "sample_fraction": args.sample_fraction,
-                                       "fiqa_threshold": CONFIG["fiqa_threshold"], **stats,
-                                       "by_source": frame["source"].value_counts().to_dict()})
+        if args.source == "local":
+            raw, inputs = load_local(args.phrasebank_dir, args.fiqa_dir, args.agreement)
+        else:
+            raw, inputs = load_hub(args.agreement)
+        info.update(agreement=args.agreement, fiqa_threshold=CONFIG["fiqa_threshold"])
+        frame, stats = clean_and_deduplicate(raw)
+        frame = stratified_sample(frame, args.sample_fraction, args.seed)
+        splits = stratified_split(frame, seed=args.seed)
+    kept = pd.concat(splits.values())
+    info = write_splits(root, splits, {**info, **stats, "by_source": kept["source"].value_counts().to_dict(),
+                                       "inputs": inputs, "config": args.config_values})
     print(f"{stats['raw']} raw rows -> {stats['total']} after dropping {stats['empty_dropped']} empty, "
           f"{stats['duplicates_dropped']} duplicate and {stats['conflicting_texts_dropped']} conflicting texts")
     print(class_table(splits).to_string())
