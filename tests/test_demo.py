@@ -89,8 +89,8 @@ def test_without_variants_every_entry_point_says_so(tmp_path, capsys):
     notice, rows = side_by_side.predict_table(SENTENCE)
     assert "No model variants found" in notice and "train_teacher" in notice and rows == []
     assert "No model variants found" in side_by_side.status()
-    notice, rows = demo.main(["--root", str(tmp_path), "--check"])
-    assert rows == [] and "No model variants found" in capsys.readouterr().out
+    with pytest.raises(FinCompressError, match="No model variants found"):
+        demo.main(["--root", str(tmp_path), "--check"])
 
 
 def test_check_mode_predicts_an_example_in_the_console(trained_root, capsys):
@@ -102,8 +102,10 @@ def test_check_mode_predicts_an_example_in_the_console(trained_root, capsys):
 def test_bad_arguments_are_refused(trained_root):
     with pytest.raises(FinCompressError, match="unknown variant"):
         demo.load_side_by_side(trained_root, "teacher,nope")
-    with pytest.raises(FinCompressError, match="--port"):
-        demo.main(["--root", str(trained_root), "--port", "0", "--check"])
+    for flag, value in (("--port", "0"), ("--port", "70000"), ("--threads", "0")):
+        with pytest.raises(SystemExit) as caught:
+            demo.main(["--root", str(trained_root), flag, value, "--check"])
+        assert caught.value.code == 2
 
 
 def test_examples_come_from_the_test_split_when_present(trained_root, tmp_path):
@@ -149,3 +151,57 @@ def test_a_broken_variant_is_reported_and_the_others_still_load(work_root):
     assert [p.name for p in side_by_side.predictors] == ["teacher"]
     assert "Not loaded: `broken`" in side_by_side.status() and "model.safetensors" in side_by_side.status()
     assert len(side_by_side.predict_table(SENTENCE)[1]) == 1
+
+
+def test_check_fails_naming_each_broken_variant_when_none_loads(work_root, capsys):
+    checkpoints = work_root / "checkpoints"
+    shutil.copytree(checkpoints / "teacher", checkpoints / "truncated")
+    weights = checkpoints / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:500])
+    (checkpoints / "teacher" / "checkpoint_info.json").write_text("{not json")
+    (checkpoints / "leftover").mkdir()
+    with pytest.raises(FinCompressError) as caught:
+        demo.main(["--root", str(work_root), "--check"])
+    message = str(caught.value)
+    assert "none of the 3 variant(s)" in message and "\n" not in message
+    assert "teacher:" in message and "corrupt" in message
+    assert "truncated:" in message and "damaged" in message
+    assert "leftover:" in message and "checkpoint_info.json" in message
+
+
+def test_check_passes_with_a_warning_when_some_variants_load(two_variant_root, capsys):
+    (two_variant_root / "checkpoints" / "teacher_copy" / "model.safetensors").unlink()
+    _, rows = demo.main(["--root", str(two_variant_root), "--check"])
+    assert [row[0] for row in rows] == ["teacher"]
+    assert "not loaded: `teacher_copy`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("given", "fragment"), [
+    (None, demo.EMPTY_INPUT_MESSAGE), ("", demo.EMPTY_INPUT_MESSAGE), (" \n\t ", demo.EMPTY_INPUT_MESSAGE),
+    (42, "must be text"), (["Profit rose."], "must be text"), ({"text": "x"}, "must be text"),
+    (b"Profit rose.", "must be text"),
+])
+def test_api_refuses_non_text_and_empty_input_with_a_message(teacher_only, given, fragment):
+    notice, rows = teacher_only.predict_table(given)
+    assert fragment in notice and rows == []
+
+
+def test_api_answers_huge_and_odd_inputs(teacher_only):
+    notice, rows = teacher_only.predict_table("Profit rose. " * 200_000)  # 2.6 M characters
+    assert "only the first 20,000 were read" in notice and len(rows) == 1
+    for odd in ("\x00\x01 profit \ufffd", "\U0001F4C8 shares up", "<script>alert(1)</script>", "   x   "):
+        notice, rows = teacher_only.predict_table(odd)
+        assert len(rows) == 1 and abs(sum(rows[0][4:7]) - 1) < 1e-3
+
+
+def test_a_variant_failing_on_an_input_is_reported_not_raised(two_variant_root):
+    side_by_side = demo.load_side_by_side(two_variant_root)
+    broken = next(p for p in side_by_side.predictors if p.name == "teacher_copy")
+
+    def fail(encoded):
+        raise RuntimeError("onnxruntime: bad input")
+
+    broken.logits = fail
+    notice, rows = side_by_side.predict_table(SENTENCE)
+    assert [row[0] for row in rows] == ["teacher"]
+    assert "`teacher_copy` could not predict this input (RuntimeError: onnxruntime: bad input)" in notice

@@ -13,6 +13,7 @@ from fincompress.common.loader import load_fp32_model, load_variant
 from fincompress.common.paths import FinCompressError
 from fincompress.common.training import TrainConfig, evaluate_model, fit
 from fincompress.common.variants import INFO_FIELDS
+from fincompress.teacher import train_teacher
 
 
 def test_teacher_variant_is_complete(trained_root):
@@ -35,12 +36,12 @@ def test_fit_learns_and_keeps_the_best_epoch(tmp_path, tiny_model_dir):
     from fincompress.common.hub_models import load_pretrained_classifier
 
     model, tokenizer = load_pretrained_classifier(str(tiny_model_dir))
-    words = {0: "loss plunge", 1: "meeting held", 2: "profit surge"}
+    words = {0: "shares plunged after a loss", 1: "the board meeting was held", 2: "profit surged to a record"}
     texts = [f"{words[i % 3]} {j}" for j, i in enumerate(range(60))]
     labels = [i % 3 for i in range(60)]
     train = make_loader(tokenizer, texts, labels, batch_size=12, shuffle=True)
     val = make_loader(tokenizer, texts[:30], labels[:30], batch_size=30)
-    result = fit(model, train, val, TrainConfig(epochs=12, lr=3e-3, patience=12, warmup_fraction=0.0),
+    result = fit(model, train, val, TrainConfig(epochs=12, lr=1e-3, patience=12, warmup_fraction=0.0),
                  root=tmp_path, run_name="toy")
     assert result.best_metrics["macro_f1"] > 0.9
     assert evaluate_model(model, val)["macro_f1"] == pytest.approx(result.best_metrics["macro_f1"])
@@ -50,8 +51,6 @@ def test_fit_learns_and_keeps_the_best_epoch(tmp_path, tiny_model_dir):
 def test_random_init_finbert_shape_and_label_order(tmp_path, small_data_root):
     """--random-init builds the model from a config only (how FinBERT-shape runs work offline)."""
     import shutil
-
-    from fincompress.teacher import train_teacher
 
     shutil.copytree(small_data_root / "data", tmp_path / "data")
     config_only = save_tiny_model(tmp_path / "shape")
@@ -72,6 +71,20 @@ def test_missing_data_is_a_clear_cli_error(tmp_path, tiny_model_dir):
     assert "prepare_dataset" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_rerun_replaces_its_own_variant_and_records_the_config(work_root, tiny_model_dir, tmp_path):
+    """Re-running the stage onto its own output is allowed (same technique); the config file is kept."""
+    config = tmp_path / "teacher.json"
+    config.write_text(json.dumps({"max_steps": 1, "batch_size": 16, "eval_batch_size": 8}))
+    before = json.loads((work_root / "checkpoints" / "teacher" / "checkpoint_info.json").read_text())
+    info = train_teacher.main(["--root", str(work_root), "--model", str(tiny_model_dir), "--config", str(config)])
+    saved = json.loads((work_root / "checkpoints" / "teacher" / "checkpoint_info.json").read_text())
+    assert before["steps"] == 3 and saved["steps"] == info["steps"] == 1
+    assert saved["hyperparameters"]["config"] == {"max_steps": 1, "batch_size": 16, "eval_batch_size": 8}
+    assert saved["hyperparameters"]["eval_batch_size"] == 8
+    assert [p.name for p in (work_root / "checkpoints").iterdir()] == ["teacher"]
+
+
+@pytest.mark.slow
 def test_two_cpu_processes_data_parallel(tmp_path, small_data_root, tiny_model_dir):
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs: two CPU
     processes (gloo), data-parallel, one saved variant. (`--cpu` would start a single process.)"""

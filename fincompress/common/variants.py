@@ -6,14 +6,33 @@ A variant folder `checkpoints/<name>/` holds either
 - an ONNX deployment artifact `model.onnx` (`format: "onnx"`, e.g. INT8), with `config.json`
   for the label names,
 plus the tokenizer files and `checkpoint_info.json`. Loading is in `fincompress.common.loader`.
+
+Guards every stage shares (so no stage loses a variant or writes outside `checkpoints/`):
+- `add_output_arguments(parser, default_name)` adds `--output-name` (a plain variant name, see
+  `validate_variant_name`) and `--overwrite`.
+- `prepare_output(root, name, technique=..., inputs=(...))`, called at the start of a stage, before any
+  training: refuses an output that is one of the stage's own inputs, or an existing variant made by
+  another technique (unless `--overwrite`); removes what killed saves of that name left behind.
+- `save_variant` writes into a hidden temporary sibling `.NAME.tmp-HOST-PID-RANDOM` and renames it;
+  it refuses to save (nothing written) when the prepared data changed while the stage ran.
+A temporary folder is removed by the next `prepare_output`/`save_variant` of that name once its owning
+process is gone (or it is older than `STALE_TEMPORARY_HOURS`); a previous variant a killed save had
+already moved aside (`.NAME.old-*`) is put back if no new variant replaced it.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
+import logging
+import os
+import re
 import shutil
+import socket
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,14 +40,241 @@ import numpy as np
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fincompress.common.data import data_fingerprint
 from fincompress.common.hub_models import set_project_labels
-from fincompress.common.paths import FinCompressError
+from fincompress.common.paths import LABELS, FinCompressError, checkpoints_dir
 
+log = logging.getLogger("fincompress.variants")
+
+CHECKPOINTS = "checkpoints"
 INFO_FILE = "checkpoint_info.json"
 ONNX_FILE = "model.onnx"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".data", ".pt")
 INFO_FIELDS = ("model_name", "technique", "source_checkpoint", "val_macro_f1", "num_parameters",
                "size_mb", "hyperparameters", "data_fingerprint", "created_at")
+FILLED_BY_SAVE = ("size_mb", "created_at")
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt")  # a fast or a slow tokenizer's vocabulary
+
+# A variant name: letters, digits and _ - . @ (e.g. `student_intermediate_kd_dynamic_int8`, `pruned_30pct`,
+# `teacher@lr2e-5`); no path separators, no leading dot (hidden and temporary folders), no `..`.
+VARIANT_NAME_PATTERN = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_.@-]*")
+MAX_VARIANT_NAME_LENGTH = 100  # leaves room for the temporary suffix within the usual 255-byte file-name limit
+# A temporary folder whose owner cannot be checked (another host, or a reused pid) is stale after this long;
+# saving a variant takes seconds to minutes.
+STALE_TEMPORARY_HOURS = 6.0
+
+
+# ----------------------------------------------------------------------------- output names
+
+def variant_name_problem(name: object) -> str | None:
+    """Why `name` is not a plain variant name (one folder under checkpoints/), or None."""
+    if not isinstance(name, str) or not name:
+        return "a variant name must not be empty"
+    if "/" in name or "\\" in name:
+        return "a variant name is one folder under checkpoints/, not a path (no / or \\)"
+    if name.startswith("."):
+        return "a variant name must not start with '.' (hidden and temporary folders do)"
+    if ".." in name:
+        return "a variant name must not contain '..'"
+    if len(name) > MAX_VARIANT_NAME_LENGTH:
+        return f"a variant name has at most {MAX_VARIANT_NAME_LENGTH} characters, got {len(name)}"
+    if not VARIANT_NAME_PATTERN.fullmatch(name):
+        return "use only letters, digits, '_', '-', '.' and '@', starting with a letter, a digit, '_' or '@'"
+    return None
+
+
+def _shown(name: object) -> str:
+    return repr(name if not isinstance(name, str) or len(name) <= 60 else name[:57] + "...")
+
+
+def validate_variant_name(name: str, flag: str = "--output-name") -> str:
+    """`name` if it is a plain variant name, else a one-line FinCompressError naming `flag`.
+
+    Allowed: letters, digits, `_`, `-`, `.`, `@`; at most MAX_VARIANT_NAME_LENGTH characters; not starting
+    with `.` (hidden and temporary folders) or `-` (read as a flag); no `..`, no path separators.
+    """
+    problem = variant_name_problem(name)
+    if problem:
+        raise FinCompressError(f"{flag} {_shown(name)}: {problem}")
+    return name
+
+
+def variant_name(text: str) -> str:
+    """argparse type of a variant-name flag (a bad name is argparse's one-line usage error, exit 2)."""
+    problem = variant_name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{_shown(text)}: {problem}")
+    return text
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, default_name: str | None) -> None:
+    """`--output-name` (a plain variant name; default `default_name`, None: the stage derives one) and
+    `--overwrite` (allow replacing an existing variant made by another technique)."""
+    shown = f"default {default_name}" if default_name else "default: derived from the other flags"
+    parser.add_argument("--output-name", type=variant_name, default=default_name,
+                        help=f"variant folder name under checkpoints/ ({shown}); letters, digits, _ - . @")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow replacing an existing variant of that name made by another technique "
+                        "(a stage never overwrites its own inputs)")
+
+
+def same_technique(recorded: object, technique: str) -> bool:
+    """Whether a variant's recorded `technique` is `technique`, or `technique` plus a detail after a colon
+    (`"structured pruning: 30% of attention heads removed"` is `"structured pruning"`)."""
+    return isinstance(recorded, str) and (recorded == technique or recorded.startswith(technique + ":"))
+
+
+def prepare_output(root: Path, name: str, *, technique: str, inputs: Sequence[str] = (),
+                   overwrite: bool = False) -> Path:
+    """The folder `<root resolved>/checkpoints/name` a stage will save to, checked before it does any work.
+
+    Refuses (one-line FinCompressError) a name that is not a plain variant name, an output that is one
+    of the stage's own `inputs` (variant names, e.g. its source and teacher), and an existing variant
+    made by another technique (or unreadable) unless `overwrite`. Re-running a stage onto its own
+    earlier output is allowed. Removes stale temporaries of killed saves of that name.
+    """
+    validate_variant_name(name)
+    folder = checkpoints_dir(Path(root).resolve()) / name  # what is returned (checkpoints/ itself may be a link)
+    if folder.parent.exists() and not folder.parent.is_dir():
+        raise FinCompressError(f"{folder.parent} is a file, not the folder of the variants: move it away "
+                               "(or choose another --root)")
+    checkpoints = folder.parent.resolve()
+    dest = folder.resolve()
+    if dest.parent != checkpoints:
+        raise FinCompressError(f"--output-name {name!r}: {folder} is a link to {dest}, outside "
+                               f"{checkpoints}; remove the link or choose another name")
+    for given in inputs:
+        if not given:
+            continue
+        candidates = {(checkpoints / str(given)).resolve()}
+        if "/" in str(given) or os.sep in str(given):  # an input given as a folder path
+            candidates.add(Path(given).expanduser().resolve())
+        if dest in candidates:
+            raise FinCompressError(f"--output-name {name!r} is an input of this stage ({given}): saving would "
+                                   "replace the variant it reads; choose another --output-name")
+    remove_stale_temporaries(folder)  # first: a variant a killed save had moved aside is back before the checks
+    if dest.exists() and not overwrite:
+        if not dest.is_dir():
+            raise FinCompressError(f"--output-name {name!r}: {dest} exists and is not a variant folder; remove "
+                                   "it, choose another name, or pass --overwrite")
+        try:
+            recorded = read_info(dest).get("technique")
+        except FinCompressError as exc:
+            raise FinCompressError(f"--output-name {name!r}: {dest} exists but is not a readable variant ({exc}); "
+                                   "pass --overwrite to replace it, or choose another name") from None
+        if not same_technique(recorded, technique):
+            raise FinCompressError(f"--output-name {name!r}: checkpoints/{name} holds a variant made by "
+                                   f"{recorded!r}, not {technique!r}; pass --overwrite to replace it, "
+                                   "or choose another --output-name")
+    return folder
+
+
+# ----------------------------------------------------------------------------- temporaries of saves
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def temporary_folder(dest: Path, kind: str) -> Path:
+    """A hidden sibling `.NAME.<kind>-HOST-PID-RANDOM` (kind: tmp = being written, old = being replaced)."""
+    return dest.parent / f".{dest.name}.{kind}-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _temporary_pattern(name: str) -> re.Pattern:
+    # The owner part is optional: folders written before it existed are judged by age alone.
+    return re.compile(rf"\.{re.escape(name)}\.(?:tmp|old)-(?:(?P<host>[0-9a-f]{{6}})-(?P<pid>\d+)-)?"
+                      rf"[0-9a-f]{{8}}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists but belongs to someone else (or cannot be asked): assume alive
+    return True
+
+
+def is_stale_temporary(folder: Path, now: float | None = None) -> bool:
+    """A temporary of a save whose process is gone (this host), or older than STALE_TEMPORARY_HOURS."""
+    match = re.fullmatch(r"\..+\.(?:tmp|old)-(?:(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-)?[0-9a-f]{8}", folder.name)
+    if match is None:
+        return False
+    try:
+        # ctime: changed by the rename that made an `.old-*` folder (its mtime can be days old)
+        stat = folder.lstat()
+        age_hours = ((now or time.time()) - max(stat.st_mtime, stat.st_ctime)) / 3600
+    except FileNotFoundError:
+        return False
+    if age_hours > STALE_TEMPORARY_HOURS:
+        return True
+    if match["pid"] and match["host"] == _host_tag():
+        return int(match["pid"]) != os.getpid() and not _process_alive(int(match["pid"]))
+    return False
+
+
+def stale_temporaries(dest: Path) -> list[Path]:
+    """The stale `.NAME.tmp-*` / `.NAME.old-*` folders beside variant folder `dest`."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    pattern = _temporary_pattern(dest.name)
+    return sorted(p for p in dest.parent.iterdir() if pattern.fullmatch(p.name) and is_stale_temporary(p))
+
+
+def remove_stale_temporaries(dest: Path) -> list[Path]:
+    """Remove what killed saves of `dest` left behind; returns the folders removed (or put back).
+
+    A killed save may have moved the previous variant aside (`.NAME.old-*`) and died before renaming
+    the new one in: if `dest` is missing, the newest complete such folder becomes `dest` again.
+    """
+    dest = Path(dest)
+    stale = stale_temporaries(dest)
+    _restore_moved_aside(dest, stale)
+    for folder in stale:
+        if folder.exists() or folder.is_symlink():
+            _remove(folder)
+            log.info("removed %s (left by an interrupted save)", folder)
+    return stale
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder tree, or a file or link (what `--overwrite` may have moved aside), ignoring errors."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # left for a later save to try again; never worth failing the current one
+
+
+def _restore_moved_aside(dest: Path, stale: list[Path]) -> None:
+    """If `dest` is missing, rename the newest complete stale `.NAME.old-*` folder back to it."""
+    if dest.exists():
+        return
+    olds = [p for p in stale if ".old-" in p.name and (p / INFO_FILE).is_file()]
+    if not olds:
+        return
+    newest = max(olds, key=lambda p: p.lstat().st_ctime)
+    try:
+        newest.rename(dest)
+        log.warning("restored variant %s from %s (a save of it was interrupted)", dest.name, newest.name)
+    except OSError:
+        pass  # a concurrent save got there first
+
+
+def restore_interrupted_saves(checkpoints: Path) -> None:
+    """Put back every variant a killed save had moved aside and not replaced (nothing is deleted here)."""
+    checkpoints = Path(checkpoints)
+    if not checkpoints.is_dir():
+        return
+    names = {m["name"] for p in checkpoints.iterdir() if (m := re.fullmatch(r"\.(?P<name>.+)\.old-.+", p.name))}
+    for name in names:
+        dest = checkpoints / name
+        if not dest.exists() and variant_name_problem(name) is None:
+            _restore_moved_aside(dest, [p for p in stale_temporaries(dest) if ".old-" in p.name])
 
 
 # ----------------------------------------------------------------------------- saving
@@ -43,36 +289,82 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def check_data_unchanged(root: Path, recorded: object, dest: Path) -> None:
+    """Refuse to save when the prepared data under `root` is not the data the stage started with."""
+    try:
+        current = data_fingerprint(root)
+    except (FinCompressError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise FinCompressError(f"not saving {dest}: the prepared data under {Path(root) / 'data'} is missing or "
+                               f"unreadable now ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                               "it changed while the stage ran: prepare the data, then re-run the stage") from None
+    if recorded != current:
+        raise FinCompressError(f"not saving {dest}: the prepared data under {Path(root) / 'data'} changed while "
+                               f"the stage ran (fingerprint {recorded} at the start, {current} now); re-run the "
+                               "stage on the new data")
+
+
 def save_variant(dest: Path, write: Callable[[Path], None], info: dict) -> Path:
     """Write a variant folder atomically: into a temporary sibling, then rename.
 
-    `write(tmp_folder)` writes the model and tokenizer files. `size_mb` and `created_at` are
-    filled in here. If anything fails (or the process is interrupted) no folder named `dest`
-    is created and an existing one is left as it was.
+    `dest` is `<root>/checkpoints/<name>`. `write(tmp_folder)` writes the model and tokenizer files.
+    `size_mb` and `created_at` are filled in here. `info["data_fingerprint"]` must be the fingerprint
+    of the data the stage read (taken when it started): if the data under `<root>/data` differs now,
+    nothing is saved. If anything fails (or the process is interrupted) no folder named `dest` is
+    created and an existing one is left as it was; what a killed save leaves is removed by the next
+    save of that name.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    validate_variant_name(dest.name, flag="variant name")
+    if dest.parent.name != CHECKPOINTS:
+        raise FinCompressError(f"not saving {dest}: variants are saved as <root>/{CHECKPOINTS}/<name>")
+    missing = [f for f in INFO_FIELDS if f not in info and f not in FILLED_BY_SAVE]
+    if missing:
+        raise ValueError(f"checkpoint_info is missing {missing}")
+    root = dest.parent.parent
+    check_data_unchanged(root, info["data_fingerprint"], dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(dest)
+        tmp = temporary_folder(dest, "tmp")
+        tmp.mkdir()
+    except OSError as exc:
+        raise FinCompressError(f"cannot save {dest}: cannot create a folder in {dest.parent} "
+                               f"({exc.strerror or exc})") from None
     try:
         write(tmp)
         info = {**info, "size_mb": weights_size_mb(tmp),
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        missing = [f for f in INFO_FIELDS if f not in info]
-        if missing:
-            raise ValueError(f"checkpoint_info is missing {missing}")
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=_json_default) + "\n")
-        old = None
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-            dest.rename(old)
-        tmp.rename(dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        check_data_unchanged(root, info["data_fingerprint"], dest)  # again: writing may have taken a while
+        _swap_in(tmp, dest)
+    except OSError as exc:  # disk full, permissions: the old variant is kept, say so in one line
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = f": {exc.filename}" if exc.filename else ""
+        raise FinCompressError(f"cannot save {dest} ({exc.strerror or exc}{where}); nothing was changed") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _swap_in(tmp: Path, dest: Path) -> None:
+    """Rename the complete `tmp` onto `dest`; the previous variant is moved aside first, then removed.
+
+    Between the two renames a kill leaves only `.NAME.old-*`: `remove_stale_temporaries` puts it back.
+    """
+    old = None
+    try:
+        if dest.exists() or dest.is_symlink():
+            old = temporary_folder(dest, "old")
+            dest.rename(old)
+        tmp.rename(dest)
+    except OSError as exc:
+        if old is not None and not dest.exists():
+            old.rename(dest)  # put the previous variant back
+        raise FinCompressError(f"cannot save {dest} ({exc.strerror or exc}): another run may be saving a variant "
+                               "of that name at the same time; re-run when it is done") from None
+    if old is not None:
+        _remove(old)
 
 
 def save_fp32_variant(dest: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, info: dict) -> Path:
@@ -100,17 +392,103 @@ def read_info(folder: Path) -> dict:
     if not path.is_file():
         raise FinCompressError(f"{folder} is not a FinCompress variant: {INFO_FILE} is missing")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FinCompressError(f"{path} is corrupt ({exc}); re-create the variant") from exc
+    except OSError as exc:
+        raise FinCompressError(f"{path} cannot be read ({exc.strerror or exc})") from exc
+    if not isinstance(info, dict):
+        raise FinCompressError(f"{path} is corrupt (a JSON {type(info).__name__}, not an object); "
+                               "re-create the variant")
+    return info
 
 
 def list_variants(checkpoints: Path) -> list[str]:
-    """Names of complete variant folders (temporary folders start with a dot)."""
+    """Names of variant folders: those with a checkpoint_info.json (temporary folders start with a dot and
+    are never listed; a variant a killed save had moved aside is put back first). A listed variant may
+    still be broken: see `variant_problems`."""
+    checkpoints = Path(checkpoints)
     if not checkpoints.is_dir():
         return []
+    restore_interrupted_saves(checkpoints)
     return sorted(p.name for p in checkpoints.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and (p / INFO_FILE).is_file())
+
+
+def variant_problems(root: Path) -> dict[str, str]:
+    """Folders under `root/checkpoints` that cannot be used as variants, and why (cheap checks, no model
+    loaded): no or corrupt checkpoint_info.json, fields missing, weights missing, empty or truncated."""
+    checkpoints = checkpoints_dir(Path(root))
+    if not checkpoints.is_dir():
+        return {}
+    problems = {}
+    for folder in sorted(p for p in checkpoints.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        problem = folder_problem(folder)
+        if problem:
+            problems[folder.name] = problem
+    return problems
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why `folder` is not a usable variant, or None (see `variant_problems`)."""
+    if not (folder / INFO_FILE).is_file():
+        return (f"no {INFO_FILE}: not a complete variant (re-create it, or move the folder out of "
+                f"{folder.parent})")
+    try:
+        info = read_info(folder)
+    except FinCompressError as exc:
+        return str(exc)
+    missing = [f for f in INFO_FIELDS if f not in info]
+    if missing:
+        return f"{folder / INFO_FILE} lacks {', '.join(missing)}: re-create the variant"
+    onnx = info.get("format") == "onnx"
+    weights = folder / (ONNX_FILE if onnx else "model.safetensors")
+    if not weights.is_file():
+        return f"{weights.name} is missing from {folder}: re-create the variant"
+    if weights.stat().st_size == 0:
+        return f"{weights} is empty: re-create the variant"
+    # Without its own tokenizer files transformers may silently take the tokenizer named in config.json.
+    if not (folder / "tokenizer_config.json").is_file() or not any((folder / f).is_file() for f in VOCABULARY_FILES):
+        return (f"the tokenizer files are missing from {folder} (tokenizer_config.json and "
+                f"{' or '.join(VOCABULARY_FILES)}): re-create the variant")
+    config_problem = _config_problem(folder / "config.json", required=not onnx)
+    if config_problem:
+        return config_problem
+    if weights.suffix == ".safetensors":
+        return _safetensors_problem(weights)
+    return None
+
+
+def _config_problem(path: Path, required: bool) -> str | None:
+    if not path.is_file():
+        return f"{path} is missing: re-create the variant" if required else None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
+        return f"{path} is corrupt ({exc}): re-create the variant"
+    if not isinstance(config, dict):
+        return f"{path} is corrupt (not a JSON object): re-create the variant"
+    names = config.get("id2label")
+    # Every variant is saved with the project's three class names: outputs are mapped by name, never by position.
+    if names is not None and (not isinstance(names, dict) or len(names) != len(LABELS)
+                              or sorted(str(n).lower() for n in names.values()) != sorted(LABELS)):
+        shown = list(names.values()) if isinstance(names, dict) else names
+        return (f"{path}: id2label names {shown}, not the classes {list(LABELS)}: its outputs cannot be mapped; "
+                "re-create the variant")
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    # safe_open reads the header and checks it against the file size: a truncated copy fails here.
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            handle.keys()
+    except Exception as exc:  # the library raises its own error types for each kind of damage
+        return f"{path} is damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): " \
+            "re-create the variant"
+    return None
 
 
 def select_variants(root: Path, names: str | None) -> list[str]:
@@ -133,12 +511,16 @@ def fp32_variant_dir(root: Path, name: str, role: str = "source") -> Path:
     `role` names what the stage uses it for ("source", "teacher") in the message.
     """
     folder = Path(root) / "checkpoints" / name
+    restore_interrupted_saves(folder.parent)
     if not folder.is_dir():
         hint = ("train it first: python -m fincompress.teacher.train_teacher" if name == "teacher"
                 else "create it first, or pass the name of an existing FP32 variant")
         raise FinCompressError(f"{role} variant {name!r} not found at {folder}: {hint} (--root {root})")
     info = read_info(folder)
-    if info.get("format", "pytorch") != "pytorch" or not (folder / "model.safetensors").is_file():
+    if info.get("format", "pytorch") != "pytorch":
         raise FinCompressError(f"{role} variant {name!r} is {info.get('format')!r}, not an FP32 PyTorch "
                                "checkpoint: use the FP32 model it was made from instead")
+    problem = folder_problem(folder)
+    if problem:
+        raise FinCompressError(f"{role} variant {name!r}: {problem}")
     return folder

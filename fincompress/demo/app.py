@@ -13,13 +13,16 @@ The prediction is also an API endpoint:
     gradio_client.Client("http://127.0.0.1:7860").predict("Profit rose.", api_name="/predict")
 returns (notice markdown, {"headers": [...], "data": [[one row per variant], ...]}).
 
-`--check` loads the variants, predicts one example in the console and exits (smoke run, no server).
+`--check` loads the variants, predicts one example in the console and exits (smoke run, no server):
+exit 0 when at least one variant loads (broken ones are named on stderr); exit 2, naming each broken
+variant and why, when none loads; exit 2 too when there is no variant at all (nothing could be served).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+import torch
 from scipy.special import softmax
 
 from fincompress.common import cli
@@ -40,7 +44,7 @@ from fincompress.common.paths import (
     project_root,
     results_dir,
 )
-from fincompress.common.variants import list_variants, select_variants
+from fincompress.common.variants import list_variants, select_variants, variant_problems
 
 log = logging.getLogger("fincompress.demo")
 
@@ -70,6 +74,7 @@ BENCHMARK_COLUMNS = ["model_name", "technique", "runtime", "num_parameters", "si
                      "cpu_latency_ms_median", "cpu_latency_ms_p95", "cpu_throughput_sps", "speedup_vs_teacher",
                      "size_ratio_vs_teacher"]
 EMPTY_INPUT_MESSAGE = "Type a financial sentence (or pick an example below) to compare the variants."
+NOT_TEXT_MESSAGE = "The input must be text (a financial sentence), got {kind}: nothing was predicted."
 PLOTS_COMMAND = "python -m fincompress.evaluation.plots"
 BENCHMARK_COMMAND = "python -m fincompress.evaluation.benchmark"
 
@@ -199,19 +204,34 @@ class SideBySide:
             lines = [f"Loaded {len(self.predictors)} variant(s) from `{self.checkpoints}`: {names}."]
         return "\n\n".join(lines + [f"Not loaded: {error}" for error in self.load_errors])
 
-    def predict_table(self, text: str | None) -> tuple[str, list[list]]:
-        """(notice markdown, one row per variant in TABLE_COLUMNS order); never raises on user input."""
+    def predict_table(self, text: object) -> tuple[str, list[list]]:
+        """(notice markdown, one row per variant in TABLE_COLUMNS order); never raises on user input
+        (None, empty, not a string, very long, any characters)."""
         if not self.predictors:
             return no_variants_message(self.checkpoints), []
-        if text is None or not text.strip():
+        if text is not None and not isinstance(text, str):
+            return NOT_TEXT_MESSAGE.format(kind=type(text).__name__), []
+        # Cut before stripping or tokenizing: the work done on an input is bounded whatever its size.
+        text, clipped = clip_characters(text or "")
+        if not text.strip():
             return EMPTY_INPUT_MESSAGE, []
         text, notices = input_notices(text.strip(), self.predictors[0])
+        notices = [clipped, *notices] if clipped else notices
+        predictions, failures = [], []
         with self._lock:
-            predictions = [predict_one(p, text) for p in self.predictors]
-        notices.append(summary_line(predictions, self.teacher))
+            for predictor in self.predictors:
+                try:
+                    predictions.append(predict_one(predictor, text))
+                except Exception as exc:  # one variant failing on an input must not take the page down
+                    log.warning("variant %s failed on an input: %s", predictor.name, exc)
+                    failures.append(f"`{predictor.name}` could not predict this input ({type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0][:200] if str(exc) else 'no message'}).")
+        notices += failures
+        if predictions:
+            notices.append(summary_line(predictions, self.teacher))
         return "\n\n".join(notices), table_rows(predictions, self.teacher)
 
-    def predict_frame(self, text: str | None) -> tuple[str, pd.DataFrame]:
+    def predict_frame(self, text: object) -> tuple[str, pd.DataFrame]:
         notice, rows = self.predict_table(text)
         return notice, pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
@@ -224,23 +244,51 @@ def pick_runtime(folder: Path, wanted: str) -> str:
 
 def load_side_by_side(root: Path, requested: str | None = None, runtime: str = "native",
                       threads: int | None = None, teacher: str = CONFIG["teacher"]) -> SideBySide:
-    """Load every chosen variant once; one that cannot be loaded is reported, not fatal."""
+    """Load every chosen variant once; one that cannot be loaded (or predict) is reported, not fatal."""
     checkpoints = checkpoints_dir(root)
     # No variants is not an error here (the UI says so); unknown requested names are (benchmark's check).
     names = select_variants(root, requested) if requested else list_variants(checkpoints)
+    problems = variant_problems(root)
     predictors, errors = [], []
+    if not requested:  # folders that are not variants at all (no checkpoint_info.json) are named too
+        errors += [f"`{name}`: {reason}" for name, reason in problems.items() if name not in names]
     for name in names:
         folder = checkpoints / name
+        if name in problems:  # cheap checks first: a truncated or corrupt folder is not even opened
+            errors.append(f"`{name}`: {problems[name]}")
+            log.warning("variant %s not loaded: %s", name, problems[name])
+            continue
         try:
-            predictors.append(load_variant(folder, runtime=pick_runtime(folder, runtime), threads=threads))
-        except FinCompressError as exc:
-            errors.append(f"`{name}`: {exc}")
-            log.warning("variant %s not loaded: %s", name, exc)
+            predictor = load_variant(folder, runtime=pick_runtime(folder, runtime), threads=threads)
+            # warm-up, so the first visitor does not see one-off start-up latency; also proves it predicts
+            predict_one(predictor, BUILT_IN_EXAMPLES[0])
+        except Exception as exc:  # any damage to one variant must leave the others usable
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if not isinstance(exc, FinCompressError):
+                reason = f"cannot be loaded or run ({type(exc).__name__}: {reason[:200]})"
+            errors.append(f"`{name}`: {reason}")
+            log.warning("variant %s not loaded: %s", name, reason)
+            continue
+        predictors.append(predictor)
     # The teacher first: the row every other row is compared with.
     predictors.sort(key=lambda p: p.name != teacher)
-    for predictor in predictors:  # warm-up, so the first visitor does not see one-off start-up latency
-        predict_one(predictor, BUILT_IN_EXAMPLES[0])
     return SideBySide(predictors, checkpoints, teacher, errors)
+
+
+def check(side_by_side: SideBySide, example: str) -> tuple[str, list[list]]:
+    """`--check`: predict `example` in the console; a FinCompressError (exit 2) when nothing can be served."""
+    if not side_by_side.predictors:
+        if side_by_side.load_errors:
+            broken = "; ".join(side_by_side.load_errors).replace("`", "")
+            raise FinCompressError(f"none of the {len(side_by_side.load_errors)} variant(s) in "
+                                   f"{side_by_side.checkpoints} can be loaded: {broken}")
+        raise FinCompressError(no_variants_message(side_by_side.checkpoints).replace("`", ""))
+    for error in side_by_side.load_errors:
+        print(f"warning: not loaded: {error}", file=sys.stderr)
+    notice, rows = side_by_side.predict_table(example)
+    print(notice)
+    print(pd.DataFrame(rows, columns=TABLE_COLUMNS).to_string(index=False))
+    return notice, rows
 
 
 # ----------------------------------------------------------------------------- examples and results
@@ -332,40 +380,46 @@ def launch(app: gr.Blocks, host: str, port: int, share: bool = False, block: boo
     return url
 
 
+def port_number(text: str) -> int:
+    """A TCP port 1..65535."""
+    value = cli.positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m fincompress.demo.app", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_root_argument(parser)
     parser.add_argument("--host", default=CONFIG["host"],
                         help="address to serve on (0.0.0.0 exposes the demo to your network)")
-    parser.add_argument("--port", type=int, default=CONFIG["port"], help="port to serve on")
+    parser.add_argument("--port", type=port_number, default=CONFIG["port"], help="port to serve on")
     parser.add_argument("--variants", default=None,
                         help="comma-separated variant folder names to show (default: every folder in checkpoints/)")
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="native",
                         help="native: FP32 variants in PyTorch, ONNX artifacts in onnxruntime; torch or onnxruntime: "
                              "that runtime wherever the variant supports it (ONNX artifacts always in onnxruntime; "
                              "FP32 variants are exported to ONNX once, cached in their folder)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per model (default: the library's)")
+    parser.add_argument("--threads", type=cli.positive_int, default=None,
+                        help="CPU threads per model (default: the library's)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
     parser.add_argument("--check", action="store_true",
-                        help="smoke run: load the variants, predict one example in the console and exit")
+                        help="smoke run: load the variants, predict one example in the console and exit; exit 2 "
+                        "(naming each broken variant) when no variant loads or there is none")
     return parser
 
 
 def main(argv: list[str] | None = None) -> tuple[str, list[list]] | gr.Blocks:
-    args = build_parser().parse_args(argv)
-    if not 0 < args.port < 65536:
-        raise FinCompressError(f"--port must be between 1 and 65535, got {args.port}")
-    if args.threads is not None and args.threads < 1:
-        raise FinCompressError(f"--threads must be at least 1, got {args.threads}")
+    args = cli.parse_args(build_parser(), argv)
     root = project_root(args.root)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the process's PyTorch pool (ONNX Runtime sessions get it per session)
     side_by_side = load_side_by_side(root, args.variants, args.runtime, args.threads)
+    if args.check:
+        return check(side_by_side, example_sentences(root)[0])
     if not side_by_side.predictors:
         log.warning(no_variants_message(side_by_side.checkpoints))
-    if args.check:
-        notice, rows = side_by_side.predict_table(example_sentences(root)[0])
-        print(notice)
-        print(pd.DataFrame(rows, columns=TABLE_COLUMNS).to_string(index=False))
-        return notice, rows
     app = build_app(side_by_side, root)
     launch(app, args.host, args.port, share=args.share)
     return app
