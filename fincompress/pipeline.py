@@ -131,6 +131,9 @@ def override_args(stage: str, preset: str, model: str | None, data_dir: Path | N
         args += ["--model", str(model)]
     if stage == "data" and data_dir is not None:
         data_dir = Path(data_dir).expanduser().resolve()
+        if not data_dir.is_dir():
+            raise FinCompressError(f"--data-dir {data_dir}: not a folder (expected financial_phrasebank/ and "
+                                   "fiqa_2018/ inside, e.g. ../shared/data)")
         args += ["--source", "local", "--phrasebank-dir", str(data_dir / "financial_phrasebank"),
                  "--fiqa-dir", str(data_dir / "fiqa_2018")]
     return args

@@ -10,7 +10,6 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from hub_mirror import build_hub_mirror, synthetic_release, use_hub_mirror
 
 from conftest import REPO, save_tiny_model
 from fincompress.common import cli
@@ -19,6 +18,7 @@ from fincompress.common.io import sha256_file
 from fincompress.common.paths import FinCompressError
 from fincompress.common.raw_data import HUB_FIQA, HUB_PHRASEBANK, parse_fiqa_file, read_phrasebank
 from fincompress.data import prepare_dataset as prep
+from hub_mirror import build_hub_mirror, synthetic_release, use_hub_mirror
 
 
 def rows(frame: pd.DataFrame) -> set[tuple]:

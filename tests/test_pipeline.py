@@ -22,7 +22,7 @@ VARIANTS = {"teacher", "student_vanilla_kd", "student_intermediate_kd", "teacher
 
 
 @pytest.fixture(scope="module")
-def smoke_root(tmp_path_factory, offline_assets):
+def smoke_root(tmp_path_factory, phrasebank_dir, fiqa_dir, minilm_dir):
     root = tmp_path_factory.mktemp("smoke")
     result = subprocess.run([sys.executable, "-m", "fincompress.pipeline", "--preset", "smoke", "--root", str(root)],
                             cwd=REPO, capture_output=True, text=True, timeout=1500, env={**os.environ})
@@ -100,8 +100,10 @@ def test_a_failing_stage_is_named_with_the_command_to_rerun(tmp_path):
 
 
 def test_seed_runs_need_the_canonical_teacher(tmp_path):
+    runs = pipeline.seed_stages(tmp_path, pipeline.build_stages("smoke"), [1], [])
+    assert {run.root for run in runs} == {tmp_path / "seeds" / "seed1"} and all(run.seeded for run in runs)
     with pytest.raises(FinCompressError, match="canonical teacher"):
-        pipeline.run_pipeline("smoke", tmp_path, stages="student_vanilla_kd", seeds="1")
+        pipeline.prepare_seed_roots(tmp_path, runs)
 
 
 def test_quick_takes_only_budget_settings_from_the_smoke_preset():

@@ -276,7 +276,8 @@ def test_qat_fake_quantized_model_matches_its_deployed_int8_graph(name, trained_
     """What QAT trains is what ships: the fake-quantized torch model and the INT8 ONNX graph made from it give
     the same logits on every test sentence.
 
-    Tolerance: max |logit difference| <= 1e-5 of the largest |logit| (about 100 float32 epsilons), and the
+    Tolerance: max |logit difference| <= 1e-5 of the largest |logit| (about 100 float32 epsilons) + 1e-6 (the
+    rounding floor when a barely trained model's logits are near 0), and the
     same argmax on >= 98% of the sentences. Both models hold the same integers (same weight grid, same
     learned activation ranges, the same INT8 embedding table, rounded alike); what remains is float32
     summation order (an integer GEMM scaled once vs a float GEMM of dequantized values) and ORT's vs
@@ -308,7 +309,7 @@ def test_qat_fake_quantized_model_matches_its_deployed_int8_graph(name, trained_
     folder = stage_variant_files(tmp_path / "variant", int8, tokenizer, model.config)
     deployed = OnnxPredictor(folder, {}, folder / "model.onnx").logits(encoded)
 
-    tolerance = 1e-5 * np.abs(fake_quant).max()
+    tolerance = 1e-5 * np.abs(fake_quant).max() + 1e-6
     assert np.abs(deployed - fake_quant).max() <= tolerance
     assert (deployed.argmax(-1) == fake_quant.argmax(-1)).mean() >= 0.98
     assert np.abs(deployed - fp32).max() > 100 * tolerance  # the tolerance is far tighter than quantization error

@@ -27,7 +27,7 @@ from fincompress.common.training import (
 )
 from fincompress.common.variants import save_fp32_variant
 
-WORDS = {0: "loss plunge", 1: "meeting held", 2: "profit surge"}
+WORDS = {0: "shares plunged after a loss", 1: "the board meeting was held", 2: "profit surged to a record"}
 TEXTS = [f"{WORDS[i % 3]} {i}" for i in range(48)]
 LABELS = [i % 3 for i in range(48)]
 
@@ -64,17 +64,17 @@ def learn_then_unlearn(good_steps: int):
 def test_fit_keeps_the_best_or_the_last_weights(tmp_path, tokenizer, keep):
     train, val = toy_loaders(tokenizer)
     model = tiny_classifier()
-    config = TrainConfig(epochs=6, lr=3e-3, warmup_fraction=0.0, patience=None, seed=0)
-    result = fit(model, train, val, config, root=tmp_path, run_name="toy", loss_fn=learn_then_unlearn(12), keep=keep)
-    assert result.epochs == 6 and result.steps == 24  # no early stopping: every epoch runs
+    config = TrainConfig(epochs=10, lr=3e-3, warmup_fraction=0.0, patience=None, seed=0)
+    result = fit(model, train, val, config, root=tmp_path, run_name="toy", loss_fn=learn_then_unlearn(20), keep=keep)
+    assert result.epochs == 10 and result.steps == 40  # no early stopping: every epoch runs
     assert result.best_metrics["macro_f1"] > result.last_metrics["macro_f1"]  # the wrong labels did harm
     expected = result.best_metrics if keep == "best" else result.last_metrics
     assert evaluate_model(model, val)["macro_f1"] == pytest.approx(expected["macro_f1"])
     summary = result.summary()
     assert summary["weights_kept"] == keep and summary["best_step"] == result.best_step
-    assert [point["step"] for point in summary["val_curve"]] == [4, 8, 12, 16, 20, 24]
+    assert [point["step"] for point in summary["val_curve"]] == list(range(4, 41, 4))
     curve = pd.read_csv(result.log_path)
-    assert curve["val_macro_f1"].notna().sum() == 6 and curve["train_loss"].notna().sum() == 24
+    assert curve["val_macro_f1"].notna().sum() == 10 and curve["train_loss"].notna().sum() == 40
 
 
 def test_patience_stops_after_epochs_without_a_gain(tmp_path, tokenizer):

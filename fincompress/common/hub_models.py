@@ -180,5 +180,8 @@ def load_pretrained_classifier(name_or_path: str, attn_implementation: str | Non
         raise
     except (OSError, ValueError) as exc:
         raise hub_error(name_or_path, exc) from exc
+    except Exception as exc:  # safetensors/torch raise their own types for truncated or corrupt weights
+        raise FinCompressError(f"{name_or_path}: cannot load the model ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:160]}); check or re-download its weights") from exc
     reorder_classifier_to_project_labels(model)
     return model, tokenizer

@@ -34,7 +34,7 @@ from transformers import (
 from fincompress.common.data import MAX_LENGTH
 from fincompress.common.hub_models import project_order, reorder_classifier_to_project_labels
 from fincompress.common.paths import LABELS, FinCompressError
-from fincompress.common.variants import ONNX_FILE, read_info
+from fincompress.common.variants import ONNX_FILE, folder_problem, read_info
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -81,8 +81,12 @@ def load_fp32_model(folder: Path, attn_implementation: str | None = None
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise FinCompressError(f"{folder}: cannot read the checkpoint ({exc}); re-create the variant") from exc
     model = AutoModelForSequenceClassification.from_config(config)
-    fit_linear_shapes(model, state_dict)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    try:
+        fit_linear_shapes(model, state_dict)
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # a tensor whose shape config.json cannot explain
+        raise FinCompressError(f"{folder}: weights do not match config.json ({str(exc).splitlines()[0][:160]}); "
+                               "re-create the variant") from exc
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise FinCompressError(f"{folder}: weights do not match the config (missing {missing[:3]}, "
@@ -288,6 +292,9 @@ def load_variant(path: str | os.PathLike, runtime: str | None = None, threads: i
     folder = Path(path)
     if not folder.is_dir():
         raise FinCompressError(f"variant folder {folder} does not exist")
+    problem = folder_problem(folder)
+    if problem:
+        raise FinCompressError(f"variant {folder.name}: {problem}")
     info = read_info(folder)
     runtimes = variant_runtimes(folder)
     runtime = runtime or runtimes[0]

@@ -36,6 +36,7 @@ from fincompress.common.training import (
     describe,
     evaluate_model,
     fit,
+    set_seed,
     train_config_from_args,
 )
 from fincompress.common.variants import add_output_arguments, prepare_output, save_fp32_variant
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     fingerprint = data_fingerprint(root)  # before reading: a change from here on stops the save
     frames = read_disjoint_splits(root)
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
+    set_seed(config.seed)  # before the model: a new classification head is initialised from the seed
     model, tokenizer = build_teacher(args.model, args.random_init)
 
     def loader(split: str, **kwargs):
