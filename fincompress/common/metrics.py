@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from fincompress.common import cli
 from fincompress.common.paths import LABELS
 
 
@@ -88,3 +90,23 @@ def paired_bootstrap_delta_f1(y_true: Sequence[int], y_pred: Sequence[int], y_pr
 
     low, high = _percentile_interval(data, delta, resamples, seed, confidence)
     return float(delta(*data)), low, high
+
+
+BOOTSTRAP_RESAMPLES, MIN_BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 1000, 100, 0
+
+
+def resample_count(text: str) -> int:
+    """Bootstrap resamples: enough that the 2.5th/97.5th percentiles do not move with the seed."""
+    value = cli.positive_int(text)
+    if value < MIN_BOOTSTRAP_RESAMPLES:
+        raise argparse.ArgumentTypeError(f"must be >= {MIN_BOOTSTRAP_RESAMPLES} for a 95% interval "
+                                         f"(1000 or more recommended), got {text}")
+    return value
+
+
+def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--bootstrap-resamples` and `--bootstrap-seed`, the same for every stage that reports intervals."""
+    parser.add_argument("--bootstrap-resamples", type=resample_count, default=BOOTSTRAP_RESAMPLES,
+                        help=f"bootstrap resamples of the test sentences (default {BOOTSTRAP_RESAMPLES})")
+    parser.add_argument("--bootstrap-seed", type=cli.non_negative_int, default=BOOTSTRAP_SEED,
+                        help=f"seed of the resampling (default {BOOTSTRAP_SEED}): same seed, same intervals")

@@ -55,7 +55,10 @@ from fincompress.common.data import data_fingerprint, read_split
 from fincompress.common.io import atomic_write_text
 from fincompress.common.loader import Predictor, TorchPredictor, cpu_flags, load_variant, variant_runtimes
 from fincompress.common.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
     CONFIDENCE,
+    add_bootstrap_arguments,
     bootstrap_macro_f1,
     metrics_from_probabilities,
     paired_bootstrap_delta_f1,
@@ -69,7 +72,7 @@ BF16_RUNTIME = "torch_bf16"
 BF16_ISA = ("avx512_bf16", "amx_bf16")  # native bf16 dot products; elsewhere bf16 is emulated and slower than FP32
 CONFIG = {"threads": 2, "num_runs": 100, "warmup": 10, "batch_sizes": (1, 32), "throughput_runs": 10,
           "throughput_warmup_max": 2, "teacher": "teacher", "runtimes": ("torch", "onnxruntime"),
-          "bootstrap_resamples": 1000, "min_bootstrap_resamples": 100, "bootstrap_seed": 0, "bf16": "auto",
+          "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED, "bf16": "auto",
           "output": "benchmark_results"}
 COLUMNS = ["model_name", "technique", "runtime", "num_parameters", "size_mb", "macro_f1", "macro_f1_ci_low",
            "macro_f1_ci_high", "delta_f1_vs_teacher", "delta_f1_ci_low", "delta_f1_ci_high", "accuracy",
@@ -460,15 +463,6 @@ def positive_int_list(text: str) -> list[int]:
     return list(dict.fromkeys(cli.positive_int(item) for item in items))
 
 
-def resample_count(text: str) -> int:
-    """Bootstrap resamples: enough that the 2.5th/97.5th percentiles do not move with the seed."""
-    value = cli.positive_int(text)
-    if value < CONFIG["min_bootstrap_resamples"]:
-        raise argparse.ArgumentTypeError(f"must be >= {CONFIG['min_bootstrap_resamples']} for a 95% interval "
-                                         f"(1000 or more recommended), got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fincompress.evaluation.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -494,10 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="variant the ratio and delta columns compare with (default teacher)")
     parser.add_argument("--max-test-samples", type=cli.positive_int,
                         help="evaluate on the first N test sentences only (intervals widen accordingly)")
-    parser.add_argument("--bootstrap-resamples", type=resample_count, default=CONFIG["bootstrap_resamples"],
-                        help=f"bootstrap resamples of the test sentences (default {CONFIG['bootstrap_resamples']})")
-    parser.add_argument("--bootstrap-seed", type=cli.non_negative_int, default=CONFIG["bootstrap_seed"],
-                        help=f"seed of the resampling (default {CONFIG['bootstrap_seed']}): same seed, same intervals")
+    add_bootstrap_arguments(parser)
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default=CONFIG["bf16"],
                         help="torch_bf16 rows: auto = the teacher, on CPUs with avx512_bf16 or amx_bf16 (default); "
                         "on = every FP32 variant, any CPU; off = none")

@@ -35,15 +35,20 @@ from fincompress.common import cli
 from fincompress.common.data import data_fingerprint, read_split
 from fincompress.common.io import atomic_write_text
 from fincompress.common.loader import load_variant
-from fincompress.common.metrics import bootstrap_macro_f1, classification_metrics
+from fincompress.common.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    add_bootstrap_arguments,
+    bootstrap_macro_f1,
+    classification_metrics,
+)
 from fincompress.common.paths import FinCompressError, add_root_argument, checkpoints_dir, project_root, results_dir
 from fincompress.common.variants import list_variants, read_info
-from fincompress.evaluation.benchmark import resample_count
 
 log = logging.getLogger("fincompress.seeds")
 
-CONFIG = {"threads": 2, "teacher": "teacher", "seeds_folder": "seeds", "bootstrap_resamples": 1000,
-          "bootstrap_seed": 0, "results": "seed_results.csv", "summary": "seed_summary.csv"}
+CONFIG = {"threads": 2, "teacher": "teacher", "seeds_folder": "seeds", "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+          "bootstrap_seed": BOOTSTRAP_SEED, "results": "seed_results.csv", "summary": "seed_summary.csv"}
 CANONICAL = "."  # the run_folder value of the canonical root
 SEED_FOLDER = re.compile(r"^(?:teacher_)?seed(\d+)$")
 RESULT_COLUMNS = ["variant", "seed", "run_folder", "macro_f1", "accuracy", "delta_f1_vs_teacher", "data_fingerprint",
@@ -192,10 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"CPU threads (default {CONFIG['threads']})")
     parser.add_argument("--max-test-samples", type=cli.positive_int,
                         help="evaluate on the first N test sentences only")
-    parser.add_argument("--bootstrap-resamples", type=resample_count, default=CONFIG["bootstrap_resamples"],
-                        help=f"resamples of the canonical interval (default {CONFIG['bootstrap_resamples']})")
-    parser.add_argument("--bootstrap-seed", type=cli.non_negative_int, default=CONFIG["bootstrap_seed"],
-                        help=f"seed of the resampling (default {CONFIG['bootstrap_seed']})")
+    add_bootstrap_arguments(parser)
     return parser
 
 
