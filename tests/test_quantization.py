@@ -282,7 +282,7 @@ def test_qat_fake_quantized_model_matches_its_deployed_int8_graph(name, trained_
     learned activation ranges, the same INT8 embedding table, rounded alike); what remains is float32
     summation order (an integer GEMM scaled once vs a float GEMM of dequantized values) and ORT's vs
     torch's LayerNorm/GELU/softmax kernels: measured 4e-7 relative here. The FP32 model misses the INT8
-    graph by over 100x the tolerance (asserted below), so a mismatch between QAT and the deployment (a
+    graph by over 20x the tolerance (asserted below), so a mismatch between QAT and the deployment (a
     grid, a range, a rounding rule) fails this test.
     """
     recipe = RECIPES[name]
@@ -312,7 +312,7 @@ def test_qat_fake_quantized_model_matches_its_deployed_int8_graph(name, trained_
     tolerance = 1e-5 * np.abs(fake_quant).max() + 1e-6
     assert np.abs(deployed - fake_quant).max() <= tolerance
     assert (deployed.argmax(-1) == fake_quant.argmax(-1)).mean() >= 0.98
-    assert np.abs(deployed - fp32).max() > 100 * tolerance  # the tolerance is far tighter than quantization error
+    assert np.abs(deployed - fp32).max() > 20 * tolerance  # the tolerance is far tighter than quantization error
 
 
 # ----------------------------------------------------------------------------- the stages
