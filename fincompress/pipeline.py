@@ -48,7 +48,7 @@ SEEDS_FOLDER = "seeds"
 # Settings that only set how much work a stage does: `--quick` takes these from the smoke preset.
 BUDGET_KEYS = ("max_steps", "batch_size", "sample_fraction", "calibration_samples", "observer_warmup_steps",
                "rounds", "curve_targets", "max_val_samples", "num_runs", "warmup", "throughput_runs",
-               "max_test_samples", "transfer_size", "batch_sizes", "bootstrap_resamples")
+               "max_test_samples", "transfer_size", "batch_sizes", "thread_counts", "bootstrap_resamples")
 
 
 def variant(name: str) -> str:
