@@ -212,7 +212,8 @@ def plot_pruning_curve(curve: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_kd_curves(logs: list[Path], path: Path) -> Path:
+def plot_kd_curves(logs: list[Path], path: Path, title: str = "KD") -> Path:
+    """Training loss and validation macro F1 of each run's log (the evidence for its step budget)."""
     fig = Figure(figsize=(12, 4.5))
     loss_ax, f1_ax = fig.subplots(1, 2)
     for log in logs:
@@ -224,8 +225,8 @@ def plot_kd_curves(logs: list[Path], path: Path) -> Path:
         if "val_macro_f1" in run:
             evals = run.dropna(subset=["val_macro_f1"])
             f1_ax.plot(evals["step"], 100 * evals["val_macro_f1"], marker="o", label=label)
-    loss_ax.set(xlabel="step", ylabel="training loss (moving average)", title="KD training loss")
-    f1_ax.set(xlabel="step", ylabel="validation macro F1 (%)", title="KD validation macro F1")
+    loss_ax.set(xlabel="step", ylabel="training loss (moving average)", title=f"{title} training loss")
+    f1_ax.set(xlabel="step", ylabel="validation macro F1 (%)", title=f"{title} validation macro F1")
     for ax in (loss_ax, f1_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
@@ -305,6 +306,9 @@ def make_all_plots(root: Path) -> list[Path]:
     kd_logs = latest_logs(root)
     if kd_logs:
         written.append(plot_kd_curves(kd_logs, out / "kd_training_curves.png"))
+    all_logs = latest_logs(root, prefix="")
+    if all_logs:  # every training stage's curve: the teacher, the students, QAT, pruning recovery
+        written.append(plot_kd_curves(all_logs, out / "training_curves.png", title="every training run:"))
     seed_results, seed_summary = results_dir(root) / "seed_results.csv", results_dir(root) / "seed_summary.csv"
     if seed_results.is_file() and seed_summary.is_file():
         written.append(plot_seed_spread(read_results_csv(seed_results, SEED_RESULTS_NEED, SEEDS_COMMAND),
