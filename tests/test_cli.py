@@ -71,6 +71,8 @@ def test_asset_references_resolve_inside_values(monkeypatch, tmp_path):
     monkeypatch.setattr(assets, "asset_file", lambda relative, download=True: tmp_path / relative)
     assert cli.resolve_asset_value("pretrained:assets:models/m") == f"pretrained:{tmp_path / 'models/m'}"
     assert cli.resolve_asset_value("ProsusAI/finbert") == "ProsusAI/finbert"
+    args = cli.parse_args(small_parser(), ["--model", "assets:models/m"])  # on the command line too
+    assert args.model == str(tmp_path / "models/m")
 
 
 @pytest.mark.parametrize("preset", pipeline.PRESETS)

@@ -177,5 +177,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         config_values = read_config(first.config)
         argv = config_to_argv(parser, config_values, str(first.config)) + argv
     args = parser.parse_args(argv)
+    for name, value in vars(args).items():  # `assets:` paths given on the command line too
+        if isinstance(value, str) and ASSET_PREFIX in value:
+            setattr(args, name, resolve_asset_value(value))
     args.config_values = config_values
     return args
