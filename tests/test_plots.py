@@ -107,3 +107,17 @@ def test_a_damaged_results_file_is_a_one_line_error_naming_it(tmp_path, content,
     with pytest.raises(FinCompressError, match=fragment) as exc:
         plots.main(["--root", str(tmp_path)])
     assert "benchmark_results.csv" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_training_curves_plot_every_training_log_and_skip_schedule_logs(tmp_path):
+    results, logs = tmp_path / "results", tmp_path / "logs"
+    results.mkdir()
+    logs.mkdir()
+    benchmark_frame().drop(columns="family").to_csv(results / "benchmark_results.csv", index=False)
+    pd.DataFrame({"step": [1, 2, 2], "epoch": [0, 0, 0], "train_loss": [1.0, 0.8, None],
+                  "val_macro_f1": [None, None, 0.7]}).to_csv(logs / "teacher_20260101-000000.csv", index=False)
+    pd.DataFrame({"round": [0, 1], "heads_removed_fraction": [0.0, 0.3],
+                  "val_macro_f1": [0.8, 0.7]}).to_csv(logs / "pruned_30pct_pruning_20260101-000000.csv", index=False)
+    written = {p.name: p for p in plots.main(["--root", str(tmp_path)])}
+    assert "training_curves.png" in written and "kd_training_curves.png" not in written  # no student log
+    assert matplotlib.image.imread(written["training_curves.png"]).ndim == 3

@@ -218,6 +218,8 @@ def plot_kd_curves(logs: list[Path], path: Path, title: str = "KD") -> Path:
     loss_ax, f1_ax = fig.subplots(1, 2)
     for log in logs:
         run = pd.read_csv(log)
+        if "step" not in run:  # a pruning schedule log, not a training curve
+            continue
         label = log.stem
         if "train_loss" in run:
             steps = run.dropna(subset=["train_loss"])
