@@ -85,6 +85,8 @@ STUDY = [
     _stage("student_vanilla_kd", "fincompress.distillation.soft_label_distillation", [DATA, TEACHER], seeded=True),
     _stage("student_intermediate_kd", "fincompress.distillation.intermediate_distillation", [DATA, TEACHER],
            seeded=True),
+    # A smaller student (the finbert preset: TinyBERT-4's 4 x 312 shape): how far speed goes, at what F1.
+    _stage("student_small_kd", "fincompress.distillation.soft_label_distillation", [DATA, TEACHER], seeded=True),
     _stage("teacher_ptq_int8", "fincompress.quantization.ptq", [DATA, TEACHER]),
     _stage("teacher_dynamic_int8", "fincompress.quantization.ptq", [DATA, TEACHER]),
     _stage("teacher_qat_int8", "fincompress.quantization.qat", [DATA, TEACHER], seeded=True),
@@ -96,6 +98,8 @@ STUDY = [
            seeded=True),
     _stage("student_intermediate_kd_ptq_int8", "fincompress.quantization.ptq",
            [DATA, variant("student_intermediate_kd")], seeded=True),
+    _stage("student_small_kd_ptq_int8", "fincompress.quantization.ptq", [DATA, variant("student_small_kd")],
+           seeded=True),
 ]
 SEED_SUMMARY = _stage("seed_summary", "fincompress.evaluation.seeds", [DATA], ["results/seed_summary.csv"])
 REPORT = [

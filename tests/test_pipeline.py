@@ -18,7 +18,7 @@ from fincompress.common.paths import FinCompressError
 NOTEBOOKS = sorted((REPO / "notebooks").glob("0*.ipynb"))
 VARIANTS = {"teacher", "student_vanilla_kd", "student_intermediate_kd", "teacher_ptq_int8", "teacher_dynamic_int8",
             "teacher_qat_int8", "pruned_30pct", "pruned_50pct", "student_vanilla_kd_ptq_int8",
-            "student_intermediate_kd_ptq_int8"}
+            "student_intermediate_kd_ptq_int8", "student_small_kd", "student_small_kd_ptq_int8"}
 
 
 @pytest.fixture(scope="module")
