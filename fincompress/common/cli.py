@@ -71,6 +71,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_int_list(text: str) -> list[int]:
+    """Comma-separated integers >= 1 (batch sizes, thread counts); duplicates dropped, order kept."""
+    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return list(dict.fromkeys(positive_int(item) for item in items))
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0 (learning rates, temperatures)."""
     value = _number(text, float)

@@ -137,12 +137,13 @@ def export_onnx(model: PreTrainedModel, path: Path) -> Path:
 
 
 def onnx_session(onnx_path: Path, threads: int | None = None, spinning: bool = True,
-                 optimized_model_path: Path | None = None):
+                 optimized_model_path: Path | None = None, profile_prefix: str | None = None):
     """An ONNX Runtime CPU session with every graph optimisation on (the one place sessions are made).
 
     threads: intra-op threads (None: ONNX Runtime's default). spinning=False stops idle ORT workers
     from spinning (fair timing of several models in one process). optimized_model_path: also write
-    the graph ORT actually runs (after its fusions), to inspect what it fused.
+    the graph ORT actually runs (after its fusions), to inspect what it fused. profile_prefix: record
+    ONNX Runtime's per-node profile (written by `session.end_profiling()`, file named from the prefix).
     """
     import onnxruntime as ort
 
@@ -155,6 +156,9 @@ def onnx_session(onnx_path: Path, threads: int | None = None, spinning: bool = T
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     try:
         return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types

@@ -455,12 +455,7 @@ def write_results(root: Path, result: BenchmarkResult, metadata: dict, stem: str
 
 # ----------------------------------------------------------------------------- command line
 
-def positive_int_list(text: str) -> list[int]:
-    """Comma-separated integers >= 1 (batch sizes, thread counts); duplicates dropped, order kept."""
-    items = [item.strip() for item in str(text).split(",") if item.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
-    return list(dict.fromkeys(cli.positive_int(item) for item in items))
+positive_int_list = cli.positive_int_list
 
 
 def build_parser() -> argparse.ArgumentParser:
