@@ -235,11 +235,12 @@ class TorchPredictor(Predictor):
 class OnnxPredictor(Predictor):
     runtime = "onnxruntime"
 
-    def __init__(self, folder: Path, info: dict, onnx_path: Path, threads: int | None = None, spinning: bool = True):
+    def __init__(self, folder: Path, info: dict, onnx_path: Path, threads: int | None = None, spinning: bool = True,
+                 profile_prefix: str | None = None):
         tokenizer = AutoTokenizer.from_pretrained(folder)
         super().__init__(folder, tokenizer, info)
         self.onnx_path = Path(onnx_path)
-        self.session = onnx_session(onnx_path, threads, spinning)
+        self.session = onnx_session(onnx_path, threads, spinning, profile_prefix=profile_prefix)
         self.input_names = [i.name for i in self.session.get_inputs()]
         config_path = Path(folder) / "config.json"
         order = project_order(AutoConfig.from_pretrained(folder)) if config_path.is_file() else None
@@ -283,7 +284,7 @@ def variant_runtimes(folder: Path) -> list[str]:
 
 
 def load_variant(path: str | os.PathLike, runtime: str | None = None, threads: int | None = None,
-                 ort_spinning: bool = True) -> Predictor:
+                 ort_spinning: bool = True, ort_profile_prefix: str | None = None) -> Predictor:
     """The one loader: a variant folder as a Predictor (texts -> probabilities).
 
     runtime: None picks the variant's native runtime (torch for FP32, onnxruntime for ONNX
@@ -291,7 +292,7 @@ def load_variant(path: str | os.PathLike, runtime: str | None = None, threads: i
     threads: ONNX Runtime intra-op threads of this model's session. PyTorch's thread count is
     process-wide: the entry point sets it (`torch.set_num_threads`), never the loader.
     ort_spinning=False stops idle ONNX Runtime threads from spinning (fair timing of several models
-    in one process).
+    in one process). ort_profile_prefix: record ONNX Runtime's per-node profile (see `onnx_session`).
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -309,4 +310,4 @@ def load_variant(path: str | os.PathLike, runtime: str | None = None, threads: i
     onnx_path = folder / ONNX_FILE if info.get("format") == "onnx" else ensure_onnx_export(folder)
     if not onnx_path.is_file():
         raise FinCompressError(f"{folder}: {ONNX_FILE} is missing; re-create the variant")
-    return OnnxPredictor(folder, info, onnx_path, threads, spinning=ort_spinning)
+    return OnnxPredictor(folder, info, onnx_path, threads, spinning=ort_spinning, profile_prefix=ort_profile_prefix)

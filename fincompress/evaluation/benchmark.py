@@ -455,9 +455,6 @@ def write_results(root: Path, result: BenchmarkResult, metadata: dict, stem: str
 
 # ----------------------------------------------------------------------------- command line
 
-positive_int_list = cli.positive_int_list
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fincompress.evaluation.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -467,9 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated runtimes among torch,onnxruntime (default: both)")
     parser.add_argument("--threads", type=cli.positive_int, default=CONFIG["threads"],
                         help=f"CPU threads for accuracy and batch-1 latency (default {CONFIG['threads']})")
-    parser.add_argument("--thread-counts", type=positive_int_list, default=[],
+    parser.add_argument("--thread-counts", type=cli.positive_int_list, default=[],
                         help="comma-separated thread counts for throughput (default: just --threads, always measured)")
-    parser.add_argument("--batch-sizes", type=positive_int_list, default=list(CONFIG["batch_sizes"]),
+    parser.add_argument("--batch-sizes", type=cli.positive_int_list, default=list(CONFIG["batch_sizes"]),
                         help="comma-separated batch sizes for throughput "
                         f"(default {','.join(map(str, CONFIG['batch_sizes']))})")
     parser.add_argument("--num-runs", type=cli.positive_int, default=CONFIG["num_runs"],

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from fincompress.common import cli
 from fincompress.common.data import read_split
 from fincompress.common.io import atomic_write_text
-from fincompress.common.loader import load_variant, onnx_session
+from fincompress.common.loader import load_variant
 from fincompress.common.paths import FinCompressError, add_root_argument, checkpoints_dir, project_root, results_dir
 from fincompress.common.variants import list_variants
 
@@ -42,15 +42,14 @@ def kernel_time_by_op(profile: list[dict]) -> Counter:
 
 def profile_variant(folder: Path, texts: list[str], threads: int, repeats: int) -> pd.DataFrame:
     """One row per operator type: kernel ms per call (batch 1) and share of the variant's kernel time."""
-    predictor = load_variant(folder, runtime="onnxruntime", threads=threads)
     with tempfile.TemporaryDirectory() as tmp:
-        session = onnx_session(predictor.onnx_path, threads, profile_prefix=str(Path(tmp) / "profile"))
-        names = [i.name for i in session.get_inputs()]
+        predictor = load_variant(folder, runtime="onnxruntime", threads=threads,
+                                 ort_profile_prefix=str(Path(tmp) / "profile"))
         encoded = [predictor.encode([text]) for text in texts]
         for _ in range(repeats):
             for inputs in encoded:
-                session.run(None, {k: inputs[k] for k in names})
-        profile = json.loads(Path(session.end_profiling()).read_text())
+                predictor.logits(inputs)
+        profile = json.loads(Path(predictor.session.end_profiling()).read_text())
     times = kernel_time_by_op(profile)
     calls = repeats * len(texts)
     total = sum(times.values())
