@@ -13,10 +13,13 @@ import pytest
 import torch
 
 from fincompress.common.loader import (
+    EXPORT_VERSION,
+    EXPORT_VERSION_KEY,
     ONNX_INPUTS,
     cpu_flags,
     encode_texts,
     ensure_onnx_export,
+    export_version,
     load_variant,
     onnx_cache_path,
     onnx_session,
@@ -82,6 +85,21 @@ def test_fp32_export_is_made_once_and_again_when_the_weights_change(teacher):
     os.utime(weights, ns=(later, later))
     assert ensure_onnx_export(teacher).stat().st_mtime_ns > made
     assert not list(path.parent.glob(".*tmp*"))  # no temporary export left beside it
+
+
+def test_an_export_made_by_older_code_is_made_again(teacher):
+    import onnx
+
+    path = ensure_onnx_export(teacher)
+    assert export_version(path) == EXPORT_VERSION
+    graph = onnx.load(str(path))
+    graph.metadata_props.pop()  # as older code wrote it: no version
+    assert not any(p.key == EXPORT_VERSION_KEY for p in graph.metadata_props)
+    onnx.save_model(graph, str(path))
+    assert export_version(path) is None
+    assert export_version(ensure_onnx_export(teacher)) == EXPORT_VERSION
+    path.write_bytes(b"not an onnx file")  # unreadable: exported again as well
+    assert export_version(ensure_onnx_export(teacher)) == EXPORT_VERSION
 
 
 def test_a_broken_onnx_file_is_a_one_line_error(tmp_path):

@@ -27,16 +27,20 @@ from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from fincompress.common.data import MAX_LENGTH
 from fincompress.common.hub_models import project_order, reorder_classifier_to_project_labels
+from fincompress.common.onnx_graph import fuse_attention
 from fincompress.common.paths import LABELS, FinCompressError
 from fincompress.common.variants import ONNX_FILE, folder_problem, read_info
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# What `export_onnx` makes; a cached export with another version (older code) is exported again.
+EXPORT_VERSION_KEY, EXPORT_VERSION = "fincompress.export_version", "2"  # 2: attention fused
 
 
 # ----------------------------------------------------------------------------- loading FP32
@@ -111,11 +115,15 @@ def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
 
 
 def export_onnx(model: PreTrainedModel, path: Path) -> Path:
-    """Export a BERT classifier to ONNX (dynamic batch and sequence) with the dynamo exporter.
+    """Export a BERT classifier to ONNX (dynamic batch and sequence) with the dynamo exporter, each
+    layer's attention fused into one MultiHeadAttention (`onnx_graph.fuse_attention`).
 
     The graph keeps the exporter's `pkg.torch.onnx.name_scopes` node metadata: the INT8 stages map
-    MatMul nodes to torch modules through it.
+    MatMul nodes to torch modules through it. FP32 and INT8 variants run the same fused attention,
+    so their ONNX Runtime rows differ only in what quantization changes.
     """
+    import onnx
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -130,15 +138,44 @@ def export_onnx(model: PreTrainedModel, path: Path) -> Path:
             torch.onnx.export(model, (), str(tmp), kwargs=example, input_names=list(ONNX_INPUTS),
                               output_names=["logits"], dynamic_shapes={k: {0: batch, 1: seq} for k in ONNX_INPUTS},
                               dynamo=True, external_data=False, verbose=False)
+            graph = onnx.load(str(tmp))
+            if not getattr(model.config, "is_decoder", False):  # the fusion masks padding keys only, no causal mask
+                fuse_attention(graph, attention_head_size(model.config))
+            graph.metadata_props.add(key=EXPORT_VERSION_KEY, value=EXPORT_VERSION)
+            onnx.save_model(graph, str(tmp))
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
     return path
 
 
+def attention_head_size(config: PretrainedConfig) -> int:
+    """Width of one attention head (BERT: hidden_size / num_attention_heads; pruning removes heads, not width)."""
+    return int(config.hidden_size // config.num_attention_heads)
+
+
+def export_version(path: Path) -> str | None:
+    """The EXPORT_VERSION an ONNX file was written with (None: not by this export, or by an older one)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable: treated as stale, exported again
+        return None
+    return next((p.value for p in graph.metadata_props if p.key == EXPORT_VERSION_KEY), None)
+
+
+# ORT fusions the sessions leave out. SkipLayerNormFusion turns Add + LayerNormalization into the
+# SkipLayerNormalization contrib kernel, which measured 4-7x slower than the pair it replaces on an
+# AMD EPYC Zen 5 (onnxruntime 1.32, 40 x 768: 128 vs 19 us on 1 thread, 65 vs 14 us on 2) and cost
+# FinBERT's shape 1.0 ms (FP32) and 1.1 ms (INT8) per sentence; FP32 logits are unchanged (4e-7).
+DISABLED_ORT_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
 def onnx_session(onnx_path: Path, threads: int | None = None, spinning: bool = True,
                  optimized_model_path: Path | None = None, profile_prefix: str | None = None):
-    """An ONNX Runtime CPU session with every graph optimisation on (the one place sessions are made).
+    """An ONNX Runtime CPU session with ORT's graph optimisations (but `DISABLED_ORT_OPTIMIZERS`): the one
+    place sessions are made.
 
     threads: intra-op threads (None: ONNX Runtime's default). spinning=False stops idle ORT workers
     from spinning (fair timing of several models in one process). optimized_model_path: also write
@@ -160,7 +197,8 @@ def onnx_session(onnx_path: Path, threads: int | None = None, spinning: bool = T
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
     try:
-        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(DISABLED_ORT_OPTIMIZERS))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         reason = " ".join(str(exc).split())  # ORT's messages span lines; the user gets one
         raise FinCompressError(f"{onnx_path}: cannot open the ONNX model ({reason}); re-create the variant") from exc
@@ -268,11 +306,12 @@ def onnx_cache_path(folder: Path) -> Path:
 
 
 def ensure_onnx_export(folder: Path) -> Path:
-    """Export an FP32 variant to ONNX once; re-export if the weights are newer than the export."""
+    """Export an FP32 variant to ONNX once; re-export if the weights are newer than the export or the
+    export was made by older code (another EXPORT_VERSION)."""
     folder = Path(folder)
     path = onnx_cache_path(folder)
     weights = folder / "model.safetensors"
-    if not path.is_file() or path.stat().st_mtime < weights.stat().st_mtime:
+    if not path.is_file() or path.stat().st_mtime < weights.stat().st_mtime or export_version(path) != EXPORT_VERSION:
         model, _ = load_fp32_model(folder)
         export_onnx(model, path)
     return path

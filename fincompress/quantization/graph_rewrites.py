@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-MS_DOMAIN = "com.microsoft"
+from fincompress.common.onnx_graph import MS_DOMAIN, NAME_SCOPES, drop_unused_initializers, import_ms_domain
+
 FUSED_MODULES = "fincompress.fused_modules"  # node metadata: the torch modules a fused MatMul stands for
-NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 
 
 def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
@@ -102,7 +102,7 @@ def fuse_shared_input_linears(model: onnx.ModelProto, module_of: dict[str, str])
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     fused = len(inserted)
-    _drop_unused_initializers(model)
+    drop_unused_initializers(model)
     return fused
 
 
@@ -141,14 +141,9 @@ def fold_bias_adds(model: onnx.ModelProto) -> int:
     kept = [n for n in kept if not (n.op_type == "DequantizeLinear" and n.output[0] not in still_read)]
     del model.graph.node[:]
     model.graph.node.extend(kept)
-    _import_ms_domain(model)
-    _drop_unused_initializers(model)
+    import_ms_domain(model)
+    drop_unused_initializers(model)
     return len(replacements)
-
-
-def _import_ms_domain(model: onnx.ModelProto) -> None:
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 
 
 def bert_fusions(model_path: str) -> onnx.ModelProto:
@@ -163,15 +158,5 @@ def bert_fusions(model_path: str) -> onnx.ModelProto:
     options.enable_embed_layer_norm = False
     model = optimize_model(str(model_path), model_type="bert", num_heads=0, hidden_size=0,
                            optimization_options=options, opt_level=0).model
-    _import_ms_domain(model)  # the fused ops are contrib ops; the optimizer adds their domain only when saving
+    import_ms_domain(model)  # the fused ops are contrib ops; the optimizer adds their domain only when saving
     return model
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    """Remove initializers nothing reads and shape records of tensors nothing produces any more."""
-    used = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
-    for initializer in [i for i in model.graph.initializer if i.name not in used]:
-        model.graph.initializer.remove(initializer)
-    produced = {o for n in model.graph.node for o in n.output}
-    for record in [v for v in model.graph.value_info if v.name not in produced]:
-        model.graph.value_info.remove(record)

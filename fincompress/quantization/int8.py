@@ -12,11 +12,11 @@ What the static recipes quantize (types, symmetry and ranges come from the recip
 - the embedding tables are *stored* INT8 with one scale per row (weight-only; the looked-up rows
   are dequantized, everything after the lookup runs in FP32). Without this the FP32 word embeddings
   alone (30522 x 768) are 21% of FinBERT's FP32 size;
-- FP32 stays: the embedding LayerNorm, the attention score MatMuls (QK^T and PV: activation x
-  activation, ~1% of the multiply-adds at our sentence lengths, and quantizing the softmax output
-  costs accuracy for no measurable speed), every LayerNorm, GELU, softmax and residual stream
-  (the quantized copy of a tensor feeds only the MatMul; see `keep_residuals_fp32`), and the
-  pooler + classifier head unless the recipe quantizes it.
+- FP32 stays: the embedding LayerNorm, the attention core after Q/K/V (one MultiHeadAttention
+  kernel per layer in the export: QK^T and PV are activation x activation, ~1% of the multiply-adds at
+  our sentence lengths, and quantizing the softmax output costs accuracy for no measurable speed),
+  every LayerNorm, GELU and residual stream (the quantized copy of a tensor feeds only the MatMul;
+  see `keep_residuals_fp32`), and the pooler + classifier head unless the recipe quantizes it.
 QAT fake-quantizes exactly these tensors with the same formulas (`fake_quant.py`).
 
 Every model here is exported, evaluated and run through the common loader (`export_onnx`,
@@ -48,6 +48,7 @@ from fincompress.common.data import MAX_LENGTH, read_split
 from fincompress.common.hub_models import set_project_labels
 from fincompress.common.loader import OnnxPredictor, cpu_flags, encode_texts, quiet_logger
 from fincompress.common.metrics import metrics_from_probabilities
+from fincompress.common.onnx_graph import node_module
 from fincompress.common.paths import FinCompressError
 from fincompress.common.variants import ONNX_FILE, add_output_arguments, save_variant, variant_name
 from fincompress.quantization.fake_quant import integer_rows
@@ -160,13 +161,11 @@ def linear_nodes(model: onnx.ModelProto) -> list[LinearNode]:
     for node in model.graph.node:
         if node.op_type not in ("MatMul", "Gemm") or node.input[1] not in initializers:
             continue
-        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
-        if scopes is None:
+        module = node_module(node)
+        if module is None:
             raise FinCompressError(f"ONNX node {node.name} has no torch name scope: the graph was not made by "
                                    "fincompress.common.loader.export_onnx; delete the source's onnx/ folder so it "
                                    "is exported again")
-        names = [s.strip(" '\"") for s in scopes.strip("[]").split(",")]
-        module = names[-2] if len(names) >= 2 else names[-1]
         fused = next((p.value for p in node.metadata_props if p.key == FUSED_MODULES), None)
         modules = tuple(fused.split(",")) if fused else (module,)
         found.append(LinearNode(node.name, modules[0], node.input[0], module_group(modules[0]), modules))
@@ -211,9 +210,9 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, reader: CalibrationData
             nodes = [n for n in linear_nodes(model) if n.group in groups]
         prepared = save_onnx(model, Path(tmp) / "prepared.onnx")
         extra = {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],  # float output: MatMulIntegerToFloat
+                 # contrib ops (the export's MultiHeadAttention, ORT's fusions) carry no output types: float
+                 "DefaultTensorType": onnx.TensorProto.FLOAT,
                  **recipe.ort_extra_options()}
-        if recipe.transformer_optimizer:  # fused contrib ops carry no output types: say they are float
-            extra["DefaultTensorType"] = onnx.TensorProto.FLOAT
         if activation_ranges:
             extra["TensorQuantOverrides"] = tensor_overrides(nodes, activation_ranges)
         staged = Path(tmp) / "q.onnx"
