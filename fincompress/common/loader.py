@@ -12,6 +12,7 @@ exporting.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -34,13 +35,14 @@ from transformers import (
 
 from fincompress.common.data import MAX_LENGTH
 from fincompress.common.hub_models import project_order, reorder_classifier_to_project_labels
+from fincompress.common.io import atomic_write_text
 from fincompress.common.onnx_graph import fuse_attention
 from fincompress.common.paths import LABELS, FinCompressError
 from fincompress.common.variants import ONNX_FILE, folder_problem, read_info
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # What `export_onnx` makes; a cached export with another version (older code) is exported again.
-EXPORT_VERSION_KEY, EXPORT_VERSION = "fincompress.export_version", "2"  # 2: attention fused
+EXPORT_VERSION = "2"  # 2: attention fused
 
 
 # ----------------------------------------------------------------------------- loading FP32
@@ -141,7 +143,6 @@ def export_onnx(model: PreTrainedModel, path: Path) -> Path:
             graph = onnx.load(str(tmp))
             if not getattr(model.config, "is_decoder", False):  # the fusion masks padding keys only, no causal mask
                 fuse_attention(graph, attention_head_size(model.config))
-            graph.metadata_props.add(key=EXPORT_VERSION_KEY, value=EXPORT_VERSION)
             onnx.save_model(graph, str(tmp))
             os.replace(tmp, path)
         finally:
@@ -154,15 +155,25 @@ def attention_head_size(config: PretrainedConfig) -> int:
     return int(config.hidden_size // config.num_attention_heads)
 
 
-def export_version(path: Path) -> str | None:
-    """The EXPORT_VERSION an ONNX file was written with (None: not by this export, or by an older one)."""
-    import onnx
+def export_record_path(onnx_path: Path) -> Path:
+    """Where `ensure_onnx_export` records which code made a cached export (beside it)."""
+    return Path(onnx_path).with_name("export.json")
 
+
+def _file_stamp(path: Path) -> dict:
+    stat = Path(path).stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def export_version(onnx_path: Path) -> str | None:
+    """The EXPORT_VERSION a cached export was made with; None when it has no record (older code) or the
+    file changed since (overwritten, truncated). Reads the small record, never the model itself."""
     try:
-        graph = onnx.load(str(path), load_external_data=False)
-    except Exception:  # unreadable: treated as stale, exported again
+        record = json.loads(export_record_path(onnx_path).read_text(encoding="utf-8"))
+        unchanged = record["file"] == _file_stamp(onnx_path)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return next((p.value for p in graph.metadata_props if p.key == EXPORT_VERSION_KEY), None)
+    return record.get("export_version") if unchanged else None
 
 
 # ORT fusions the sessions leave out. SkipLayerNormFusion turns Add + LayerNormalization into the
@@ -314,6 +325,8 @@ def ensure_onnx_export(folder: Path) -> Path:
     if not path.is_file() or path.stat().st_mtime < weights.stat().st_mtime or export_version(path) != EXPORT_VERSION:
         model, _ = load_fp32_model(folder)
         export_onnx(model, path)
+        atomic_write_text(export_record_path(path),
+                          json.dumps({"export_version": EXPORT_VERSION, "file": _file_stamp(path)}))
     return path
 
 
