@@ -18,13 +18,14 @@ import torch
 from onnx import TensorProto, numpy_helper
 from onnxruntime.quantization.quant_utils import compute_data_quant_params
 
-from conftest import REPO
+from conftest import REPO, save_tiny_model
 from fincompress.common import cli
 from fincompress.common.data import read_split
 from fincompress.common.loader import (
     OnnxPredictor,
     encode_texts,
     ensure_onnx_export,
+    export_onnx,
     load_fp32_model,
     load_variant,
     onnx_session,
@@ -32,6 +33,7 @@ from fincompress.common.loader import (
 from fincompress.common.metrics import metrics_from_probabilities
 from fincompress.common.paths import FinCompressError
 from fincompress.common.variants import read_info
+from fincompress.pruning.structured_pruning import remove_heads
 from fincompress.quantization import ptq, qat
 from fincompress.quantization.fake_quant import (
     ActivationObserver,
@@ -41,6 +43,7 @@ from fincompress.quantization.fake_quant import (
     prepare_qat,
     weight_qparams,
 )
+from fincompress.quantization.graph_rewrites import fuse_quantized_attention
 from fincompress.quantization.int8 import (
     TextCalibrationReader,
     all_groups,
@@ -113,7 +116,8 @@ def test_auto_recipe_follows_the_cpu_instruction_sets():
 @pytest.mark.parametrize("name", ["static", "static-u8u8", "static-reduce-range"])
 def test_weight_grid_is_onnxruntimes(name, tiny_fp32, small_data_root, tmp_path):
     """QAT's weight scales, zero points and integers are exactly those ORT writes into the graph."""
-    recipe = RECIPES[name].replace(fuse_qkv=False, fold_bias=False)  # each weight in its own DequantizeLinear
+    # each weight in its own DequantizeLinear
+    recipe = RECIPES[name].replace(fuse_qkv=False, fold_bias=False, quantized_attention=False)
     path, tokenizer, _ = tiny_fp32
     weights = torch.randn(6, 40) * torch.linspace(0.01, 3, 6).view(-1, 1)
     weights[2] = 0.0  # a dead row: scale 1, zero point 0 in both
@@ -189,31 +193,72 @@ def test_quantizer_emits_one_quantize_per_tensor(tiny_fp32, small_data_root, tmp
 
 
 def test_graph_rewrites_change_the_cost_not_the_numbers(tiny_fp32, small_data_root, tmp_path):
-    """Q/K/V fused into one integer GEMM and every bias folded into its GEMM: per layer the session runs 4
-    integer GEMMs instead of 6 and no bias Add instead of 5, still one QuantizeLinear per tensor; the
-    logits are those of the graph ORT's quantizer emits (ORT's BERT fusions first: the same graph)."""
+    """Q/K/V fused into one integer GEMM, every bias folded into its GEMM, and that GEMM run inside the integer
+    attention kernel: per layer the session runs 3 integer GEMMs and one QAttention instead of 6 GEMMs, no
+    bias Add instead of 5, no Split, still one QuantizeLinear per tensor; symmetric weights carry no zero
+    point; the logits are those of the graph ORT's quantizer emits (ORT's BERT fusions first: the same graph)."""
     path, tokenizer, model = tiny_fp32
     layers = encoder_layers(path)
     texts = read_split(small_data_root, "train")["text"].tolist()[:8]
     encoded = encode_texts(tokenizer, read_split(small_data_root, "test")["text"].tolist())
-    logits, ops, adds = {}, {}, {}
+    assert encoded["attention_mask"].min() == 0  # padded keys: QAttention must apply the mask as MHA did
+    logits, ops, adds, zero_points = {}, {}, {}, {}
     for recipe in (RECIPES["static-plain"], RECIPES["static"], RECIPES["static-optimized"]):
         int8 = quantize_static_qdq(path, tmp_path / f"{recipe.name}.onnx", TextCalibrationReader(tokenizer, texts),
                                    [EMBEDDINGS, *layers], recipe)
         folder = stage_variant_files(tmp_path / recipe.name, int8, tokenizer, copy.deepcopy(model.config))
         logits[recipe.name] = OnnxPredictor(folder, {}, folder / "model.onnx").logits(encoded)
         ops[recipe.name] = ops_ort_runs(int8, tmp_path)
-        optimized = tmp_path / f"{recipe.name}.ort.onnx"
-        adds[recipe.name] = bias_adds(optimized)
+        adds[recipe.name] = bias_adds(tmp_path / f"{recipe.name}.ort.onnx")
+        zero_points[recipe.name] = weight_zero_points(int8)
     plain = ops["static-plain"]
     # plain: every bias but the FFN-in one (ORT fuses that into BiasGelu) is an Add after its GEMM
     assert plain["MatMulIntegerToFloat"] == 6 * len(layers) and adds["static-plain"] == 5 * len(layers)
+    assert plain["MultiHeadAttention"] == len(layers) and plain["QAttention"] == 0
     for name in ("static", "static-optimized"):
-        assert ops[name]["MatMulIntegerToFloat"] == 4 * len(layers) and adds[name] == 0
+        assert ops[name]["MatMulIntegerToFloat"] == 3 * len(layers) and adds[name] == 0
+        assert ops[name]["QAttention"] == len(layers)
+        assert ops[name]["MultiHeadAttention"] == ops[name]["Split"] == 0 and zero_points[name] == 0
         assert ops[name]["QuantizeLinear"] == plain["QuantizeLinear"] == 4 * len(layers)
         assert sum(ops[name].values()) < sum(plain.values())
         scale = np.abs(logits["static-plain"]).max()
         np.testing.assert_allclose(logits[name], logits["static-plain"], rtol=0, atol=1e-5 * scale)
+
+
+def weight_zero_points(path) -> int:
+    """How many of a graph's integer GEMMs read a weight zero point."""
+    return sum(1 for n in onnx.load(str(path)).graph.node
+               if n.op_type == "MatMulIntegerToFloat" and len(n.input) > 5 and n.input[5])
+
+
+@pytest.mark.parametrize("name", ["static", "static-u8u8"])
+def test_integer_attention_keeps_each_layers_heads_and_numbers(name, small_data_root, tmp_path):
+    """A pruned model (1 head in layer 0, 4 in layer 1): each layer's QAttention has its own head count and the
+    logits on a padded batch are those of the same quantized graph run with MultiHeadAttention; unsigned
+    weights keep their zero point (128); a layer whose Split output is read elsewhere is left alone."""
+    model, tokenizer = load_fp32_model(save_tiny_model(tmp_path / "tiny", seed=5))
+    remove_heads(model, {0: [0, 1, 3]})
+    fp32 = export_onnx(model.eval(), tmp_path / "fp32.onnx")
+    layers = encoder_layers(fp32)
+    texts = read_split(small_data_root, "train")["text"].tolist()[:8]
+    recipe = RECIPES[name]
+    separate = quantize_static_qdq(fp32, tmp_path / "separate.onnx", TextCalibrationReader(tokenizer, texts), layers,
+                                   recipe.replace(quantized_attention=False))
+    fused = quantize_static_qdq(fp32, tmp_path / "fused.onnx", TextCalibrationReader(tokenizer, texts), layers, recipe)
+    attention = [n for n in onnx.load(str(fused)).graph.node if n.op_type == "QAttention"]
+    assert [(a.attribute[0].name, a.attribute[0].i) for a in attention] == [("num_heads", 1), ("num_heads", 4)]
+    assert all(len(a.input) == (8 if recipe.weight_type == "uint8" else 7) for a in attention)
+    encoded = encode_texts(tokenizer, read_split(small_data_root, "test")["text"].tolist()[:6])
+    assert encoded["attention_mask"].min() == 0
+    expected = onnx_session(separate).run(["logits"], encoded)[0]
+    np.testing.assert_allclose(onnx_session(fused).run(["logits"], encoded)[0], expected, rtol=0,
+                               atol=1e-5 * np.abs(expected).max())
+
+    graph = onnx.load(str(separate))
+    split = next(n for n in graph.graph.node if n.op_type == "Split")
+    graph.graph.output.append(onnx.helper.make_tensor_value_info(split.output[0], TensorProto.FLOAT, ["b", "s", "h"]))
+    assert fuse_quantized_attention(graph) == 1  # the other layer only
+    onnx.checker.check_model(graph)
 
 
 def test_learned_ranges_override_calibration(tiny_fp32, small_data_root, tmp_path):

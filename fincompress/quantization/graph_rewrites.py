@@ -11,6 +11,14 @@ fusion takes the bias; the QDQ one does not), and Q, K and V are three GEMMs ove
 - `fold_bias_adds` (QDQ graph, after quantization): DequantizeLinear(x_q), DequantizeLinear(W_q) ->
   MatMul -> Add(bias) becomes one `com.microsoft.MatMulIntegerToFloat(x_q, W_q, scales, zero points,
   bias)`: the kernel ORT would have fused, with the bias added in the GEMM's output stage.
+  A weight zero point that is all zeros (symmetric weights) is left out: MLAS then skips the per-column
+  zero-point correction it would otherwise do for every output.
+- `fuse_quantized_attention` (QDQ graph, after `fold_bias_adds`): the layer's Q/K/V integer GEMM, the
+  Split of its output and the MultiHeadAttention reading the three parts become one
+  `com.microsoft.QAttention`: ORT's integer attention kernel, which runs the Q/K/V GEMM per head
+  (per-column weight scales, the bias in its output stage) and writes each head's Q, K and V
+  straight into the layout the attention core reads, so the Split and the per-head transposes go.
+  The same numbers: same integer GEMM, same attention arithmetic.
 - `bert_fusions` (FP32 graph, before quantization): ORT's transformer optimizer
   (`onnxruntime.transformers.optimizer`, model_type "bert"). On our dynamo export it finds
   SkipLayerNormalization and BiasGelu (which the session's own optimiser also fuses) and no
@@ -106,8 +114,14 @@ def fuse_shared_input_linears(model: onnx.ModelProto, module_of: dict[str, str])
     return fused
 
 
+def _all_zero(initializer: onnx.TensorProto) -> bool:
+    return not numpy_helper.to_array(initializer).any()
+
+
 def fold_bias_adds(model: onnx.ModelProto) -> int:
-    """DQ(x_q), DQ(W_q) -> MatMul -> Add(bias) => MatMulIntegerToFloat(x_q, W_q, ..., bias). Returns the count."""
+    """DQ(x_q), DQ(W_q) -> MatMul -> Add(bias) => MatMulIntegerToFloat(x_q, W_q, ..., bias). Returns the count.
+
+    An all-zero weight zero point is omitted (its default is zero): the same numbers, less work per GEMM."""
     initializers = {i.name: i for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
     consumers = _consumers(model)
@@ -126,9 +140,10 @@ def fold_bias_adds(model: onnx.ModelProto) -> int:
         if found is None:
             continue
         add, bias = found
+        weight_zero_point = "" if _all_zero(initializers[w_dq.input[2]]) else w_dq.input[2]
         fused = helper.make_node(
             "MatMulIntegerToFloat",
-            [a_dq.input[0], w_dq.input[0], a_dq.input[1], w_dq.input[1], a_dq.input[2], w_dq.input[2], bias],
+            [a_dq.input[0], w_dq.input[0], a_dq.input[1], w_dq.input[1], a_dq.input[2], weight_zero_point, bias],
             [add.output[0]], name=f"{node.name}_integer", domain=MS_DOMAIN)
         fused.metadata_props.extend(node.metadata_props)
         replacements[node.name] = fused
@@ -142,6 +157,63 @@ def fold_bias_adds(model: onnx.ModelProto) -> int:
     del model.graph.node[:]
     model.graph.node.extend(kept)
     import_ms_domain(model)
+    drop_unused_initializers(model)
+    return len(replacements)
+
+
+def _qkv_gemm(attention: onnx.NodeProto, producers, consumers, initializers) -> tuple | None:
+    """(integer GEMM, Split) when `attention`'s Q, K and V are the three equal parts of one integer GEMM
+    with a bias (what `fuse_shared_input_linears` + `fold_bias_adds` make) that nothing else reads."""
+    if len(attention.input) < 3 or any(attention.input[3:4]) or any(attention.input[5:]) \
+            or {a.name for a in attention.attribute} != {"num_heads"}:
+        return None  # an attention bias, past state or non-default attribute: QAttention would differ
+    split = producers.get(attention.input[0])
+    if split is None or split.op_type != "Split" or list(split.output) != list(attention.input[:3]) \
+            or any(len(consumers[o]) != 1 for o in split.output) or len(split.input) < 2:
+        return None
+    gemm = producers.get(split.input[0])
+    if gemm is None or gemm.op_type != "MatMulIntegerToFloat" or len(gemm.input) < 7 or not gemm.input[6] \
+            or len(consumers[gemm.output[0]]) != 1:
+        return None
+    sizes, weight = initializers.get(split.input[1]), initializers.get(gemm.input[1])
+    if sizes is None or weight is None or len(set(numpy_helper.to_array(sizes).tolist())) != 1:
+        return None  # Q, K and V of different widths: QAttention splits its GEMM in three equal parts
+    input_zero_point = initializers.get(gemm.input[4])
+    if input_zero_point is None or input_zero_point.data_type != onnx.TensorProto.UINT8:
+        return None  # QAttention's CPU kernel reads uint8 activations only
+    return gemm, split
+
+
+def fuse_quantized_attention(model: onnx.ModelProto) -> int:
+    """MatMulIntegerToFloat(Q|K|V) -> Split -> MultiHeadAttention => one QAttention. Returns the count.
+
+    Run after `fold_bias_adds`. A layer is left alone unless its Q, K and V come from one integer GEMM
+    with a bias, in three equal parts read by the attention only, and its activations are uint8."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers = _consumers(model)
+    replacements: dict[str, onnx.NodeProto] = {}  # MultiHeadAttention name -> its QAttention
+    removed: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type != "MultiHeadAttention":
+            continue
+        found = _qkv_gemm(node, producers, consumers, initializers)
+        if found is None:
+            continue
+        gemm, split = found
+        x_q, w_q, x_scale, w_scale, x_zero_point, w_zero_point, bias = gemm.input[:7]
+        mask = node.input[4] if len(node.input) > 4 else ""
+        inputs = [x_q, w_q, bias, x_scale, w_scale, mask, x_zero_point] + ([w_zero_point] if w_zero_point else [])
+        fused = helper.make_node("QAttention", inputs, [node.output[0]], name=f"{node.name}_quantized",
+                                 domain=MS_DOMAIN, num_heads=helper.get_attribute_value(node.attribute[0]))
+        fused.metadata_props.extend(node.metadata_props)
+        replacements[node.name] = fused
+        removed |= {gemm.name, split.name}
+    if not replacements:
+        return 0
+    kept = [replacements.get(n.name, n) for n in model.graph.node if n.name not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
     drop_unused_initializers(model)
     return len(replacements)
 

@@ -13,8 +13,9 @@ What the static recipes quantize (types, symmetry and ranges come from the recip
   are dequantized, everything after the lookup runs in FP32). Without this the FP32 word embeddings
   alone (30522 x 768) are 21% of FinBERT's FP32 size;
 - FP32 stays: the embedding LayerNorm, the attention core after Q/K/V (one MultiHeadAttention
-  kernel per layer in the export: QK^T and PV are activation x activation, ~1% of the multiply-adds at
-  our sentence lengths, and quantizing the softmax output costs accuracy for no measurable speed),
+  kernel per layer in the export, or inside the QAttention kernel that also runs the integer Q/K/V
+  GEMM: QK^T and PV are activation x activation, ~1% of the multiply-adds at our sentence lengths,
+  and quantizing the softmax output costs accuracy for no measurable speed),
   every LayerNorm, GELU and residual stream (the quantized copy of a tensor feeds only the MatMul;
   see `keep_residuals_fp32`), and the pooler + classifier head unless the recipe quantizes it.
 QAT fake-quantizes exactly these tensors with the same formulas (`fake_quant.py`).
@@ -56,6 +57,7 @@ from fincompress.quantization.graph_rewrites import (
     FUSED_MODULES,
     bert_fusions,
     fold_bias_adds,
+    fuse_quantized_attention,
     fuse_shared_input_linears,
 )
 from fincompress.quantization.recipe import (
@@ -192,7 +194,7 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, reader: CalibrationData
     """Static QDQ INT8 of the Linear nodes in `groups` (+ INT8 embedding storage if "embeddings" is in it).
 
     Types, symmetry, per-channel, reduce_range, the calibration method and the graph rewrites
-    (graph_rewrites.py: Q/K/V fusion, bias folding, ORT's BERT fusions) come from `recipe`.
+    (graph_rewrites.py: Q/K/V fusion, bias folding, integer attention, ORT's BERT fusions) come from `recipe`.
     activation_ranges: {torch module name: (rmin, rmax)} forced on the Linear inputs (QAT's learned
     ranges, through ORT's TensorQuantOverrides) instead of the calibrated ones.
     cache_path: ORT calibration cache; when it exists calibration is not run again (sensitivity runs).
@@ -233,6 +235,8 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, reader: CalibrationData
             quantize_embedding_storage(quantized)
         if recipe.fold_bias:
             fold_bias_adds(quantized)
+        if recipe.quantized_attention:
+            fuse_quantized_attention(quantized)
         save_onnx(quantized, out_path)
     return out_path
 

@@ -10,7 +10,7 @@ A recipe says which tensors become integers and how:
 - which op groups: every encoder layer's Linear MatMuls always; the embedding tables stored INT8 per
   row (`quantize_embeddings`, weight-only); the pooler + classifier (`quantize_head`);
 - graph rewrites of the static graph that change its cost, not its numbers (`fuse_qkv`, `fold_bias`,
-  `transformer_optimizer`; see graph_rewrites.py).
+  `quantized_attention`, `transformer_optimizer`; see graph_rewrites.py).
 
 `RECIPES` names the recipes a user can pick (`--recipe`); `ISA_RECIPES` maps what the CPU offers
 to the static recipe that measured fastest there at equal accuracy (`--recipe auto`).
@@ -59,6 +59,8 @@ class Int8Recipe:
     # Graph rewrites of the static graph (graph_rewrites.py); none changes what the model computes.
     fuse_qkv: bool = True  # Linear MatMuls reading one tensor (Q, K, V) become one GEMM
     fold_bias: bool = True  # bias Add folded into the integer GEMM (MatMulIntegerToFloat's bias input)
+    # Q/K/V GEMM + Split + attention core as one QAttention kernel (needs fuse_qkv and fold_bias)
+    quantized_attention: bool = True
     transformer_optimizer: bool = False  # ORT's BERT fusions before quantization
 
     def __post_init__(self) -> None:
@@ -73,6 +75,8 @@ class Int8Recipe:
                             f"{sorted(CALIBRATION_METHODS)}")
         if self.is_static and self.per_channel and not self.weight_symmetric:
             problems.append("per-channel weights are symmetric (ORT's QDQ quantizer makes them so)")
+        if self.quantized_attention and not (self.fuse_qkv and self.fold_bias):
+            problems.append("quantized_attention needs fuse_qkv and fold_bias (it fuses the GEMM they make)")
         if self.calibration_batch_size < 1:
             problems.append("calibration_batch_size must be >= 1")
         if problems:
@@ -94,7 +98,8 @@ class Int8Recipe:
     @classmethod
     def from_dict(cls, values: Mapping) -> Int8Recipe:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        # a recipe saved before `quantized_attention` existed made its graph without it
+        return cls(**{"quantized_attention": False, **{k: v for k, v in values.items() if k in known}})
 
     # ------------------------------------------------------------------ onnxruntime's names for it
 
@@ -169,12 +174,12 @@ RECIPES: dict[str, Int8Recipe] = {
     # ORT's transformer optimizer (SkipLayerNorm, BiasGelu fusions) before quantization.
     "static-optimized": STATIC.replace(name="static-optimized", transformer_optimizer=True),
     # The graph exactly as ORT's QDQ quantizer emits it (no rewrites): the reference to measure the others against.
-    "static-plain": STATIC.replace(name="static-plain", fuse_qkv=False, fold_bias=False),
+    "static-plain": STATIC.replace(name="static-plain", fuse_qkv=False, fold_bias=False, quantized_attention=False),
     # ORT's one-liner `quantize_dynamic(in, out)` with its defaults: per-tensor int8 weights, activation
     # ranges at run time, every op ORT quantizes (the embedding Gathers, stored uint8 per tensor, and the
     # head too): the baseline that shows what calibration and QAT buy.
     "dynamic": Int8Recipe(name="dynamic", format="dynamic", per_channel=False, calibration_method=None,
-                          quantize_head=True, fuse_qkv=False, fold_bias=False),
+                          quantize_head=True, fuse_qkv=False, fold_bias=False, quantized_attention=False),
 }
 
 # `--recipe auto`: the static recipe for each kind of x86 CPU, chosen by measurement at equal accuracy
