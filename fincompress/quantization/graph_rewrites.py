@@ -11,8 +11,8 @@ fusion takes the bias; the QDQ one does not), and Q, K and V are three GEMMs ove
 - `fold_bias_adds` (QDQ graph, after quantization): DequantizeLinear(x_q), DequantizeLinear(W_q) ->
   MatMul -> Add(bias) becomes one `com.microsoft.MatMulIntegerToFloat(x_q, W_q, scales, zero points,
   bias)`: the kernel ORT would have fused, with the bias added in the GEMM's output stage.
-  A weight zero point that is all zeros (symmetric weights) is left out: MLAS then skips the per-column
-  zero-point correction it would otherwise do for every output.
+  A weight zero point that is all zeros (symmetric weights) is left out (its default is zero), so MLAS
+  runs its scalar-zero-point path instead of the per-column one.
 - `fuse_quantized_attention` (QDQ graph, after `fold_bias_adds`): the layer's Q/K/V integer GEMM, the
   Split of its output and the MultiHeadAttention reading the three parts become one
   `com.microsoft.QAttention`: ORT's integer attention kernel, which runs the Q/K/V GEMM per head
@@ -114,6 +114,15 @@ def fuse_shared_input_linears(model: onnx.ModelProto, module_of: dict[str, str])
     return fused
 
 
+def _replace_nodes(model: onnx.ModelProto, replacements: dict[str, onnx.NodeProto], removed: set[str]) -> None:
+    """Put each replacement where the node of its name stood, drop the `removed` nodes and what only they read."""
+    kept = [replacements.get(n.name, n) for n in model.graph.node if n.name not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    import_ms_domain(model)
+    drop_unused_initializers(model)
+
+
 def _all_zero(initializer: onnx.TensorProto) -> bool:
     return not numpy_helper.to_array(initializer).any()
 
@@ -153,11 +162,8 @@ def fold_bias_adds(model: onnx.ModelProto) -> int:
     kept = [replacements.get(n.name, n) for n in model.graph.node if n.name not in removed]
     # an activation DequantizeLinear goes when nothing reads it any more (Q, K and V shared one)
     still_read = {name for n in kept for name in n.input} | {o.name for o in model.graph.output}
-    kept = [n for n in kept if not (n.op_type == "DequantizeLinear" and n.output[0] not in still_read)]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    import_ms_domain(model)
-    drop_unused_initializers(model)
+    removed |= {n.name for n in kept if n.op_type == "DequantizeLinear" and n.output[0] not in still_read}
+    _replace_nodes(model, replacements, removed)
     return len(replacements)
 
 
@@ -175,8 +181,8 @@ def _qkv_gemm(attention: onnx.NodeProto, producers, consumers, initializers) -> 
     if gemm is None or gemm.op_type != "MatMulIntegerToFloat" or len(gemm.input) < 7 or not gemm.input[6] \
             or len(consumers[gemm.output[0]]) != 1:
         return None
-    sizes, weight = initializers.get(split.input[1]), initializers.get(gemm.input[1])
-    if sizes is None or weight is None or len(set(numpy_helper.to_array(sizes).tolist())) != 1:
+    sizes = initializers.get(split.input[1])
+    if sizes is None or gemm.input[1] not in initializers or len(set(numpy_helper.to_array(sizes).tolist())) != 1:
         return None  # Q, K and V of different widths: QAttention splits its GEMM in three equal parts
     input_zero_point = initializers.get(gemm.input[4])
     if input_zero_point is None or input_zero_point.data_type != onnx.TensorProto.UINT8:
@@ -211,10 +217,7 @@ def fuse_quantized_attention(model: onnx.ModelProto) -> int:
         removed |= {gemm.name, split.name}
     if not replacements:
         return 0
-    kept = [replacements.get(n.name, n) for n in model.graph.node if n.name not in removed]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    drop_unused_initializers(model)
+    _replace_nodes(model, replacements, removed)
     return len(replacements)
 
 

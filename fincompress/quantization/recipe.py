@@ -186,9 +186,10 @@ RECIPES: dict[str, Int8Recipe] = {
 # (README, "FinBERT shape: speed by CPU"); a machine measured since updates these two names.
 # VNNI (AVX512-VNNI, AVX-VNNI, AMX): U8S8 multiplies-and-adds in one instruction without saturation.
 # Measured on an AMD EPYC Zen 5 (AVX512-VNNI), FinBERT shape, batch 1, 2 threads, attention fused in the
-# export: static 8.0 ms, static-reduce-range 7.9, static-plain 8.8, static-optimized 9.1, static-u8u8 11.9
-# (no VNNI kernel for U8U8), dynamic 7.6 (not a static recipe). 7-bit weights buy no speed on VNNI
-# (offline test F1 88.6 vs 89.1, inside the intervals), so the full 8-bit "static".
+# export: static 7.3 ms, static-reduce-range 7.2 (within run-to-run noise), static-plain 8.5,
+# static-optimized 8.4, static-u8u8 10.9 (no VNNI kernel for U8U8), dynamic 7.4 (not a static recipe).
+# 7-bit weights buy no measurable speed on VNNI (offline test F1 88.6 vs 89.1, inside the intervals),
+# so the full 8-bit "static".
 VNNI_RECIPE = "static"
 # AVX2 without VNNI: U8S8 pairs can saturate int16 sums (static-reduce-range avoids it, static-u8u8 uses
 # the unsaturated U8U8 kernel); not yet measured on this code, so the U8S8 recipe the published rows used.
