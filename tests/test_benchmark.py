@@ -9,7 +9,12 @@ from sklearn.metrics import f1_score
 
 from fincompress.common import cli
 from fincompress.common.loader import ensure_onnx_export, load_variant
-from fincompress.common.metrics import bootstrap_macro_f1, macro_f1_from_labels, paired_bootstrap_delta_f1
+from fincompress.common.metrics import (
+    bootstrap_macro_f1,
+    macro_f1_from_labels,
+    paired_bootstrap_delta_f1,
+    paired_bootstrap_speedup,
+)
 from fincompress.common.paths import FinCompressError
 from fincompress.evaluation import benchmark
 
@@ -76,6 +81,21 @@ def test_one_sentence_has_no_interval():
 
 # ----------------------------------------------------------------------------- the benchmark
 
+def test_paired_speedup_cancels_drift_that_both_timings_share():
+    rng = np.random.default_rng(0)
+    drift = np.linspace(1.0, 3.0, 60)  # the machine slows down threefold during the run
+    noise = rng.normal(1.0, 0.02, (2, 60))
+    reference, faster = 10.0 * drift * noise[0], 5.0 * drift * noise[1]
+    ratio, low, high = paired_bootstrap_speedup(reference, faster, resamples=500, seed=1)
+    assert low <= ratio <= high and 1.9 < low and high < 2.1  # paired: the drift cancels
+    # the same timings, pairs broken: drift is no longer shared, so the interval is much wider
+    _, low_unpaired, high_unpaired = paired_bootstrap_speedup(reference, rng.permutation(faster), 500, 1)
+    assert high_unpaired - low_unpaired > 3 * (high - low)
+    assert paired_bootstrap_speedup(reference, reference, 200, 0) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_bootstrap_speedup(reference, faster[:-1])
+
+
 def test_two_variants_in_both_runtimes_fill_every_column_and_the_throughput_table(work_root):
     teacher = work_root / "checkpoints" / "teacher"
     ensure_onnx_export(teacher)  # exported once: the copy carries the cached export along
@@ -96,6 +116,11 @@ def test_two_variants_in_both_runtimes_fill_every_column_and_the_throughput_tabl
     assert ((frame["macro_f1_ci_low"] <= frame["macro_f1"]) & (frame["macro_f1"] <= frame["macro_f1_ci_high"])).all()
     assert (frame["macro_f1_ci_high"] > frame["macro_f1_ci_low"]).all()
     assert (frame["cpu_latency_ms_p95"] >= frame["cpu_latency_ms_median"]).all()
+    # each row's speed-up over the teacher of its runtime, paired: the teacher against itself is exactly 1
+    speedups = ["speedup_vs_teacher_same_runtime", "speedup_ci_low", "speedup_ci_high"]
+    assert (row.xs("teacher")[speedups] == 1).all().all()
+    assert ((frame["speedup_ci_low"] <= frame["speedup_vs_teacher_same_runtime"])
+            & (frame["speedup_vs_teacher_same_runtime"] <= frame["speedup_ci_high"])).all()
 
     throughput = pd.read_csv(work_root / "results" / "throughput.csv")
     assert len(throughput) == 4 * 2 * 2  # rows x batch sizes x thread counts
@@ -107,6 +132,11 @@ def test_two_variants_in_both_runtimes_fill_every_column_and_the_throughput_tabl
     assert np.allclose(row["cpu_throughput_sps"], main_cells.loc[row.index])
     batch1 = throughput[(throughput["batch_size"] == 1) & (throughput["threads"] == 2)]
     assert (batch1["timed_calls"] == 3).all()  # batch 1 at --threads is the latency measurement itself
+    timed_once = throughput["timed_calls"] == 1  # one repetition has no sampling distribution: no interval
+    assert throughput["speedup_vs_teacher_same_runtime"].notna().all() and timed_once.any()
+    assert throughput.loc[~timed_once, speedups].notna().all().all()
+    assert throughput.loc[timed_once, ["speedup_ci_low", "speedup_ci_high"]].isna().all().all()
+    assert (throughput[throughput["model_name"] == "teacher"]["speedup_vs_teacher_same_runtime"] == 1).all()
 
     report = json.loads((work_root / "results" / "benchmark_results.json").read_text())
     meta = report["metadata"]

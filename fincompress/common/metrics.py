@@ -92,6 +92,24 @@ def paired_bootstrap_delta_f1(y_true: Sequence[int], y_pred: Sequence[int], y_pr
     return float(delta(*data)), low, high
 
 
+def paired_bootstrap_speedup(reference_ms: Sequence[float], timing_ms: Sequence[float], resamples: int = 1000,
+                             seed: int = 0, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """How many times faster `timing_ms` is than `reference_ms` (ratio of medians), and its paired interval.
+
+    The two lists are timed in the same repetitions (call r of each, interleaved, on the same input), so
+    resampling repetitions keeps the pairs: machine drift during the run moves both sides alike.
+    """
+    data = (np.asarray(reference_ms, dtype=np.float64), np.asarray(timing_ms, dtype=np.float64))
+    if len(data[0]) != len(data[1]):
+        raise ValueError(f"paired timings differ in length: {len(data[0])} vs {len(data[1])}")
+
+    def speedup(reference: np.ndarray, timing: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.median(reference, axis=axis) / np.median(timing, axis=axis)
+
+    low, high = _percentile_interval(data, speedup, resamples, seed, confidence)
+    return float(speedup(*data)), low, high
+
+
 BOOTSTRAP_RESAMPLES, MIN_BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 1000, 100, 0
 
 

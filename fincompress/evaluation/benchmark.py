@@ -24,7 +24,10 @@ of `--batch-sizes` and thread count of `--thread-counts` (`--throughput-runs` ca
 rotated every repetition so machine drift favours none; runtimes are timed one after the other, with
 ONNX Runtime's idle-thread spinning off, so one runtime's threads never steal the cores from another's.
 `speedup_vs_teacher` compares with the FP32 teacher in PyTorch eager (what a user starts from);
-`speedup_vs_teacher_same_runtime` with the teacher in the row's runtime.
+`speedup_vs_teacher_same_runtime` with the teacher in the row's runtime, with a 95% paired bootstrap
+interval (`speedup_ci_low`/`_high`: the teacher and the row were timed in the same repetitions, which
+are resampled together); every throughput cell has the same ratio and interval. `--teacher NAME` makes
+any variant the reference, e.g. the dynamic INT8 model to compare INT8 recipes with each other.
 
 bf16: on a CPU with avx512_bf16 or amx_bf16, `--bf16 auto` adds a `torch_bf16` row for the teacher
 (weights cast to bf16, PyTorch eager; F1 measured in bf16 too); `--bf16 on` adds one for every FP32
@@ -62,6 +65,7 @@ from fincompress.common.metrics import (
     bootstrap_macro_f1,
     metrics_from_probabilities,
     paired_bootstrap_delta_f1,
+    paired_bootstrap_speedup,
 )
 from fincompress.common.paths import FinCompressError, add_root_argument, checkpoints_dir, project_root, results_dir
 from fincompress.common.variants import read_info, select_variants
@@ -77,10 +81,11 @@ CONFIG = {"threads": 2, "num_runs": 100, "warmup": 10, "batch_sizes": (1, 32), "
 COLUMNS = ["model_name", "technique", "runtime", "num_parameters", "size_mb", "macro_f1", "macro_f1_ci_low",
            "macro_f1_ci_high", "delta_f1_vs_teacher", "delta_f1_ci_low", "delta_f1_ci_high", "accuracy",
            "f1_negative", "f1_neutral", "f1_positive", "cpu_latency_ms_median", "cpu_latency_ms_p95",
-           "cpu_throughput_sps", "speedup_vs_teacher", "speedup_vs_teacher_same_runtime",
-           "size_ratio_vs_teacher", "source_checkpoint", "test_samples"]
+           "cpu_throughput_sps", "speedup_vs_teacher", "speedup_vs_teacher_same_runtime", "speedup_ci_low",
+           "speedup_ci_high", "size_ratio_vs_teacher", "source_checkpoint", "test_samples"]
 THROUGHPUT_COLUMNS = ["model_name", "runtime", "batch_size", "threads", "throughput_sps", "throughput_sps_per_thread",
-                      "latency_ms_median", "timed_calls"]
+                      "latency_ms_median", "timed_calls", "speedup_vs_teacher_same_runtime", "speedup_ci_low",
+                      "speedup_ci_high"]
 REPRODUCIBILITY_NOTE = ("What can differ on another machine: the CPU model and ISA flags (which kernels run), the "
                         "library versions and the thread count. They change floating-point results slightly (and "
                         "through training, the trained variants) and latencies a lot: compare latencies only as "
@@ -348,25 +353,36 @@ def measure_speed(predictors: list[Predictor], texts: list[str], settings: Bench
                                                   throughput_warmup, settings.throughput_runs,
                                                   f"batch {size}, {threads} threads ({runtime})")
                     calls = settings.throughput_runs
+                reference = next((t for p, t in zip(members, timings) if p.name == settings.teacher), None)
                 for predictor, timing in zip(members, timings):
                     median = float(np.median(timing))
                     sps = size * 1000.0 / median
                     cells.append({"model_name": predictor.name, "runtime": predictor.runtime, "batch_size": size,
                                   "threads": threads, "throughput_sps": sps, "throughput_sps_per_thread": sps / threads,
-                                  "latency_ms_median": median, "timed_calls": calls})
+                                  "latency_ms_median": median, "timed_calls": calls,
+                                  **speedup_columns(reference, timing, settings)})
     return latency, cells
 
 
-def add_ratios(rows: list[dict], teacher: str) -> None:
-    by_key = {(r["model_name"], r["runtime"]): r for r in rows}
-    reference = by_key.get((teacher, "torch"))
-    for row in rows:
-        same = by_key.get((teacher, row["runtime"]))
-        row["speedup_vs_teacher"] = (reference["cpu_latency_ms_median"] / row["cpu_latency_ms_median"]
-                                     if reference else float("nan"))
-        row["speedup_vs_teacher_same_runtime"] = (same["cpu_latency_ms_median"] / row["cpu_latency_ms_median"]
-                                                  if same else float("nan"))
-        teacher_row = reference or same
+def speedup_columns(reference: list[float] | None, timing: list[float], settings: BenchmarkSettings) -> dict:
+    """Speed-up over the reference timed in the same repetitions, with its paired interval (NaN without one)."""
+    ratio = low = high = math.nan
+    if reference is not None:
+        ratio, low, high = paired_bootstrap_speedup(reference, timing, settings.bootstrap_resamples,
+                                                    settings.bootstrap_seed)
+    return {"speedup_vs_teacher_same_runtime": ratio, "speedup_ci_low": low, "speedup_ci_high": high}
+
+
+def add_ratios(rows: list[dict], latency: list[list[float]], settings: BenchmarkSettings) -> None:
+    """Speed and size ratios to the teacher; the same-runtime speed-up is paired (same repetitions)."""
+    by_key = {(r["model_name"], r["runtime"]): i for i, r in enumerate(rows)}
+    reference = by_key.get((settings.teacher, "torch"))
+    for row, timing in zip(rows, latency):
+        same = by_key.get((settings.teacher, row["runtime"]))
+        row["speedup_vs_teacher"] = (rows[reference]["cpu_latency_ms_median"] / row["cpu_latency_ms_median"]
+                                     if reference is not None else float("nan"))
+        row.update(speedup_columns(latency[same] if same is not None else None, timing, settings))
+        teacher_row = rows[reference] if reference is not None else rows[same] if same is not None else None
         row["size_ratio_vs_teacher"] = row["size_mb"] / teacher_row["size_mb"] if teacher_row else float("nan")
 
 
@@ -406,7 +422,7 @@ def benchmark(root: Path, names: list[str], settings: BenchmarkSettings, isa: li
             cell["throughput_sps"] for cell in throughput
             if (cell["model_name"], cell["runtime"], cell["batch_size"], cell["threads"])
             == (predictor.name, predictor.runtime, largest, settings.threads))
-    add_ratios(rows, settings.teacher)
+    add_ratios(rows, latency, settings)
     return BenchmarkResult(rows=rows, throughput=throughput, skipped=skipped,
                            bf16={"variants": bf16_names, "note": bf16_note}, delta_reference=reference,
                            test_samples=len(texts))
@@ -477,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--throughput-runs", type=cli.positive_int, default=CONFIG["throughput_runs"],
                         help=f"timed calls per row, batch size and thread count (default {CONFIG['throughput_runs']})")
     parser.add_argument("--teacher", default=CONFIG["teacher"],
-                        help="variant the ratio and delta columns compare with (default teacher)")
+                        help="variant the ratio and delta columns compare with (default teacher); any variant "
+                             "works, e.g. teacher_dynamic_int8 to rank INT8 recipes by paired speed-up")
     parser.add_argument("--max-test-samples", type=cli.positive_int,
                         help="evaluate on the first N test sentences only (intervals widen accordingly)")
     add_bootstrap_arguments(parser)
@@ -509,7 +526,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
 def print_summary(frame: pd.DataFrame, result: BenchmarkResult, paths: tuple[Path, Path, Path]) -> None:
     shown = ["model_name", "runtime", "size_mb", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high",
              "delta_f1_vs_teacher", "delta_f1_ci_low", "delta_f1_ci_high", "cpu_latency_ms_median",
-             "cpu_throughput_sps", "speedup_vs_teacher"]
+             "cpu_throughput_sps", "speedup_vs_teacher", "speedup_vs_teacher_same_runtime", "speedup_ci_low",
+             "speedup_ci_high"]
     print(frame[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"{result.bf16['note']}")
     for entry in result.skipped:
