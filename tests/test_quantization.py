@@ -94,6 +94,10 @@ def test_recipes_state_what_onnxruntime_does():
     assert RECIPES["static-u8u8"].weight_qrange() == (0, 255)
     assert STATIC.activation_qparams(-1.0, 3.0) == pytest.approx((4.0 / 255, 64), rel=1e-6)
     assert Int8Recipe.from_dict(STATIC.as_dict()) == STATIC
+    saved_before_integer_attention = {k: v for k, v in STATIC.as_dict().items() if k != "quantized_attention"}
+    assert Int8Recipe.from_dict(saved_before_integer_attention).quantized_attention is False
+    with pytest.raises(FinCompressError, match="quantized_attention needs fuse_qkv and fold_bias"):
+        STATIC.replace(fuse_qkv=False)  # no fused Q/K/V GEMM to run inside QAttention
     with pytest.raises(FinCompressError, match="per-channel weights are symmetric"):
         STATIC.replace(weight_symmetric=False)  # ORT's QDQ quantizer would silently make them symmetric
     with pytest.raises(FinCompressError, match="calibration method"):
