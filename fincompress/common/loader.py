@@ -137,10 +137,12 @@ def export_onnx(model: PreTrainedModel, path: Path) -> Path:
     with quiet_logger("torch.onnx"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, (), str(tmp), kwargs=example, input_names=list(ONNX_INPUTS),
-                              output_names=["logits"], dynamic_shapes={k: {0: batch, 1: seq} for k in ONNX_INPUTS},
-                              dynamo=True, external_data=False, verbose=False)
-            graph = onnx.load(str(tmp))
+            # No file argument: the exporter hands back the graph in memory, written once after the fusion.
+            program = torch.onnx.export(model, (), None, kwargs=example, input_names=list(ONNX_INPUTS),
+                                        output_names=["logits"], dynamic_shapes={k: {0: batch, 1: seq}
+                                                                                 for k in ONNX_INPUTS},
+                                        dynamo=True, verbose=False)
+            graph = program.model_proto
             if not getattr(model.config, "is_decoder", False):  # the fusion masks padding keys only, no causal mask
                 fuse_attention(graph, attention_head_size(model.config))
             onnx.save_model(graph, str(tmp))

@@ -23,9 +23,14 @@ MS_DOMAIN = "com.microsoft"
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 
 
+def node_metadata(node: onnx.NodeProto, key: str) -> str | None:
+    """The value of one metadata entry of a node, or None."""
+    return next((p.value for p in node.metadata_props if p.key == key), None)
+
+
 def node_scopes(node: onnx.NodeProto) -> list[str] | None:
     """The torch name scopes the dynamo exporter recorded on a node (outermost first), or None."""
-    scopes = next((p.value for p in node.metadata_props if p.key == NAME_SCOPES), None)
+    scopes = node_metadata(node, NAME_SCOPES)
     return None if scopes is None else [s.strip(" '\"") for s in scopes.strip("[]").split(",")]
 
 

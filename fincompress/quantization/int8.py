@@ -49,7 +49,7 @@ from fincompress.common.data import MAX_LENGTH, read_split
 from fincompress.common.hub_models import set_project_labels
 from fincompress.common.loader import OnnxPredictor, cpu_flags, encode_texts, quiet_logger
 from fincompress.common.metrics import metrics_from_probabilities
-from fincompress.common.onnx_graph import node_module
+from fincompress.common.onnx_graph import node_metadata, node_module
 from fincompress.common.paths import FinCompressError
 from fincompress.common.variants import ONNX_FILE, add_output_arguments, save_variant, variant_name
 from fincompress.quantization.fake_quant import integer_rows
@@ -168,7 +168,7 @@ def linear_nodes(model: onnx.ModelProto) -> list[LinearNode]:
             raise FinCompressError(f"ONNX node {node.name} has no torch name scope: the graph was not made by "
                                    "fincompress.common.loader.export_onnx; delete the source's onnx/ folder so it "
                                    "is exported again")
-        fused = next((p.value for p in node.metadata_props if p.key == FUSED_MODULES), None)
+        fused = node_metadata(node, FUSED_MODULES)
         modules = tuple(fused.split(",")) if fused else (module,)
         found.append(LinearNode(node.name, modules[0], node.input[0], module_group(modules[0]), modules))
     return found
