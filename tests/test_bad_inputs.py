@@ -238,6 +238,20 @@ def edit_variant_config(name: str = "teacher", **changes) -> Callable:
     return setup
 
 
+def edit_info(name: str = "teacher", **changes) -> Callable:
+    """Change fields of a variant's checkpoint_info.json (e.g. the data it records it was made from)."""
+    def setup(root: Path, inputs: Path) -> None:
+        path = root / "checkpoints" / name / "checkpoint_info.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+    return setup
+
+
+def one_class_csv() -> bytes:
+    """60 distinct sentences, all positive: splits fine, but no split has a negative or a neutral text."""
+    return ("text,label\n" + "".join(f"Profit rose {i} percent,positive\n" for i in range(60))).encode()
+
+
 def remove_tokenizer(name: str = "teacher") -> Callable:
     def setup(root: Path, inputs: Path) -> None:
         for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
@@ -358,6 +372,11 @@ CASES = [
          root="empty", setup=write_inputs_file("mine.csv", b"text,label\nCaf\xe9 profit rose,positive\n")),
     Case("prepare: csv too few rows to split", PREPARE, ("--source", "csv", "--data-file", "{inputs}/mine.csv"),
          "too few", root="empty", setup=write_inputs_file("mine.csv", b"text,label\nProfit rose,positive\n")),
+    Case("prepare: csv of one class only", PREPARE, ("--source", "csv", "--data-file", "{inputs}/mine.csv"),
+         "no negative or neutral", root="empty", setup=write_inputs_file("mine.csv", one_class_csv())),
+    Case("prepare: --root is a file", PREPARE, ("--source", "csv", "--data-file", "{inputs}/mine.csv", "--root",
+                                                "{inputs}/mine.csv"), "is a file", root="empty",
+         setup=write_inputs_file("mine.csv", one_class_csv())),
     Case("prepare: config file missing", PREPARE, ("--config", "{inputs}/nope.json"), "--config", root="empty"),
     Case("prepare: config with an unknown setting", PREPARE, ("--config", "{inputs}/config.json"),
          "unknown setting", root="empty", setup=config_file({"sample_fractoin": 0.5})),
@@ -416,7 +435,10 @@ CASES = [
          setup=write_data_file("train.csv", bytes(range(256)) * 4)),
     Case("teacher: checkpoints is a file", TEACHER, ("--model", "{model}", *TRAIN), "is a file", root="data",
          setup=lambda r, i: (r / "checkpoints").write_text("not a folder")),
-    Case("teacher: --model missing folder", TEACHER, ("--model", "{inputs}/nope", *TRAIN), "nope", root="data"),
+    Case("teacher: --model missing folder", TEACHER, ("--model", "{inputs}/nope", *TRAIN), "no such folder",
+         root="data"),
+    Case("teacher: --model missing relative folder", TEACHER, ("--model", "./no_such_model_here", *TRAIN),
+         "no such folder", root="data"),
     Case("teacher: --model without config.json", TEACHER, ("--model", "{inputs}/model", *TRAIN), "config.json",
          root="data", setup=model_folder(lambda f: (f / "config.json").unlink())),
     Case("teacher: --model truncated weights", TEACHER, ("--model", "{inputs}/model", *TRAIN), "model", root="data",
@@ -552,6 +574,12 @@ CASES = [
          setup=corrupt_info()),
     Case("benchmark: no prepared data", BENCHMARK, BENCH, "prepare_dataset",
          setup=lambda r, i: shutil.rmtree(r / "data")),
+    Case("benchmark: --teacher names no variant", BENCHMARK, (*BENCH, "--teacher", "nope"), "not a variant"),
+    Case("benchmark: --output a path", BENCHMARK, (*BENCH, "--output", "../../x"), "not a path"),
+    Case("benchmark: every variant outside --runtimes", BENCHMARK, (*BENCH, "--variants", "teacher_int8"),
+         "onnxruntime only", setup=onnx_of_zeros()),
+    Case("benchmark: --variants names a folder that is no variant", BENCHMARK, (*BENCH, "--variants", "half"),
+         "no checkpoint_info.json", setup=lambda r, i: (r / "checkpoints" / "half").mkdir()),
 
     # --- plots
     Case("plots: no benchmark results", PLOTS, (), "benchmark", root="data"),
@@ -560,6 +588,12 @@ CASES = [
          setup=results_csv("a,b\n1,2\n")),
     Case("plots: results file of garbage", PLOTS, (), "benchmark_results.csv",
          setup=results_csv('"unclosed\n\x00\x01,,\n')),
+
+    # --- a source variant made from other data than data/ holds now
+    *[Case(f"{name}: teacher made from other data", module, args, "made from data",
+           setup=edit_info(data_fingerprint="0123456789abcdef"))
+      for module, name, args in ((SOFT_KD, "soft KD", KD), (INTERMEDIATE_KD, "intermediate KD", KD),
+                                 (PTQ, "ptq", ("--method", "dynamic")), (QAT, "qat", TRAIN), (PRUNE, "prune", TRAIN))],
 
     # --- damaged variant files, against every stage that reads a variant
     *[case for module, name, args in ((SOFT_KD, "soft KD", KD), (PTQ, "ptq", ("--method", "dynamic")),

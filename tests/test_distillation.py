@@ -129,6 +129,15 @@ def test_student_initialisations(tmp_path):
     with pytest.raises(FinCompressError, match="widths differ"):
         build_student(spec, teacher)
     spec.hidden, spec.init = 32, "pretrained:/nonexistent/model"
+    with pytest.raises(FinCompressError, match="no such folder"):
+        build_student(spec, teacher)
+
+
+def test_student_init_from_an_unreachable_hub_names_the_local_copy(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    teacher = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=2))
+    spec = StudentSpec(layers=1, hidden=32, heads=4, ffn=64, init="pretrained:nobody/no-such-model-here",
+                       init_layer_map="uniform")
     with pytest.raises(FinCompressError, match="all-MiniLM-L6-v2"):
         build_student(spec, teacher)
 

@@ -119,6 +119,14 @@ def sample_fraction(text: str) -> float:
     return value
 
 
+def file_stem(text: str) -> str:
+    """A file name without extension, inside the folder the flag writes to (no path, not hidden)."""
+    if not text or "/" in text or "\\" in text or text.startswith(".") or ".." in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: a file name stem, not a path (no / or \\, no '..', "
+                                         "not starting with '.')")
+    return text
+
+
 # ----------------------------------------------------------------------------- config files
 
 def config_to_argv(parser: argparse.ArgumentParser, values: dict, source: str) -> list[str]:

@@ -143,6 +143,24 @@ def hub_error(name: str, exc: Exception, local_hint: str = LOCAL_MODEL_HINT) -> 
     )
 
 
+def looks_like_a_path(name: str) -> bool:
+    """A name no Hub repository id can have (`org/name` or `name`): it was meant as a folder."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def hub_load_kwargs(name_or_path: str) -> dict:
+    """Extra `from_pretrained` arguments for a model name or folder: a folder that is not there is refused
+    here, and an uncached Hub name with the Hub unreachable fails at once (cache only) instead of through
+    the library's retries."""
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        return {}
+    if looks_like_a_path(name_or_path):
+        raise FinCompressError(f"{local}: no such folder (a local model is a folder with config.json; "
+                               "a Hub name looks like ProsusAI/finbert)")
+    return {} if hub_reachable() else {"local_files_only": True}
+
+
 def unnamed_head(config: PretrainedConfig) -> str:
     """What happens to the head of a checkpoint without class names (said in the log)."""
     classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
@@ -163,8 +181,7 @@ def load_pretrained_classifier(name_or_path: str, attn_implementation: str | Non
     local = Path(name_or_path).expanduser()
     if local.exists() and not (local / "config.json").is_file():
         raise FinCompressError(f"{local} has no config.json: not a transformers model folder")
-    # An uncached Hub name with the Hub unreachable: fail at once instead of through the library's retries.
-    cached_only = {} if local.exists() or hub_reachable() else {"local_files_only": True}
+    cached_only = hub_load_kwargs(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path, **cached_only)
         order = project_order(config)

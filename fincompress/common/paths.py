@@ -22,7 +22,11 @@ class FinCompressError(RuntimeError):
 def project_root(root: str | os.PathLike | None = None) -> Path:
     """`--root` if given, else `$FINCOMPRESS_ROOT`, else the repository."""
     chosen = root or os.environ.get(ROOT_ENV_VAR) or REPO_ROOT
-    return Path(chosen).expanduser().resolve()
+    path = Path(chosen).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        source = "--root" if root else ROOT_ENV_VAR if os.environ.get(ROOT_ENV_VAR) else "the repository"
+        raise FinCompressError(f"project root {path} (from {source}) is a file, not a folder: pass a folder")
+    return path
 
 
 def data_dir(root: Path) -> Path:

@@ -40,7 +40,7 @@ import numpy as np
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fincompress.common.data import data_fingerprint
+from fincompress.common.data import SPLITS, data_fingerprint, read_split
 from fincompress.common.hub_models import set_project_labels
 from fincompress.common.paths import LABELS, FinCompressError, checkpoints_dir
 
@@ -501,14 +501,21 @@ def select_variants(root: Path, names: str | None) -> list[str]:
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     missing = [n for n in chosen if n not in available]
     if missing:
-        raise FinCompressError(f"unknown variant(s) {missing}; available: {available}")
+        checkpoints = Path(root) / "checkpoints"
+        # a folder that is there but is no variant says why, not just "unknown"
+        reasons = [f"{n}: {folder_problem(checkpoints / n)}" for n in missing
+                   if variant_name_problem(n) is None and (checkpoints / n).is_dir()]
+        raise FinCompressError(f"unknown variant(s) {missing}; available: {available}"
+                               + ("; " + "; ".join(reasons) if reasons else ""))
     return chosen
 
 
-def fp32_variant_dir(root: Path, name: str, role: str = "source") -> Path:
+def fp32_variant_dir(root: Path, name: str, role: str = "source", data: str | None = None) -> Path:
     """The folder of FP32 (PyTorch) variant `name` under root, or a clear error saying what to do.
 
-    `role` names what the stage uses it for ("source", "teacher") in the message.
+    `role` names what the stage uses it for ("source", "teacher") in the message. `data` is the
+    fingerprint of the data the stage reads: a source made from other data is refused, because what the
+    stage derives from it would be stamped with data it never saw.
     """
     folder = Path(root) / "checkpoints" / name
     restore_interrupted_saves(folder.parent)
@@ -523,4 +530,12 @@ def fp32_variant_dir(root: Path, name: str, role: str = "source") -> Path:
     problem = folder_problem(folder)
     if problem:
         raise FinCompressError(f"{role} variant {name!r}: {problem}")
+    made_from = info.get("data_fingerprint")
+    if data is not None and made_from is not None and made_from != data:
+        for split in SPLITS:  # broken data is the first thing to fix: its own error comes first
+            read_split(root, split)
+        raise FinCompressError(
+            f"{role} variant {name!r} was made from data {made_from}, but data/ under {root} is now {data}: "
+            f"what this stage makes from it would mix the two. Re-create {name!r} on the current data, or "
+            "prepare the data it was made from again")
     return folder

@@ -240,6 +240,17 @@ def stratified_split(frame: pd.DataFrame, fractions=CONFIG["split"], seed: int =
     return splits
 
 
+def check_every_class(splits: dict[str, pd.DataFrame], what: str) -> None:
+    """Every split holds every class: a 3-class model is neither trained nor scored on fewer."""
+    for name, part in splits.items():
+        missing = [LABELS[i] for i in range(len(LABELS)) if not (part["label"] == i).any()]
+        if missing:
+            counts = "; ".join(f"{n}: {label_counts(p)}" for n, p in splits.items())
+            raise FinCompressError(f"{what}: the {name} split has no {' or '.join(missing)} texts ({counts}); "
+                                   f"every split needs every class ({', '.join(LABELS)}): add texts of the "
+                                   "missing classes")
+
+
 def class_table(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = {}
     for name, part in {**splits, "all": pd.concat(splits.values())}.items():
@@ -320,6 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
         frame, stats = clean_and_deduplicate(raw)
         frame = stratified_sample(frame, args.sample_fraction, args.seed)
         splits = stratified_split(frame, seed=args.seed)
+    check_every_class(splits, f"--data-file {args.data_file}" if args.data_file else f"--source {args.source}")
     kept = pd.concat(splits.values())
     info = write_splits(root, splits, {**info, **stats, "by_source": kept["source"].value_counts().to_dict(),
                                        "inputs": inputs, "config": args.config_values})

@@ -208,10 +208,10 @@ class KDRun:
         return cached_kd_loss_fn(self.teacher_logits, self.args.alpha, self.args.temperature)
 
 
-def load_teacher(root: Path, name: str, attn_implementation: str | None = None
+def load_teacher(root: Path, name: str, attn_implementation: str | None = None, data: str | None = None
                  ) -> tuple[Path, PreTrainedModel, PreTrainedTokenizerBase]:
-    """The frozen FP32 teacher variant `name` and its folder."""
-    folder = fp32_variant_dir(root, name, role="teacher")
+    """The frozen FP32 teacher variant `name` and its folder (refused if made from other `data`)."""
+    folder = fp32_variant_dir(root, name, role="teacher", data=data)
     model, tokenizer = load_fp32_model(folder, attn_implementation)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -246,7 +246,7 @@ def prepare_run(args: argparse.Namespace, technique: str, attn_implementation: s
     config = train_config_from_args(args)
     spec = student_spec_from_args(args)
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
-    teacher_folder, teacher, tokenizer = load_teacher(root, args.teacher, attn_implementation)
+    teacher_folder, teacher, tokenizer = load_teacher(root, args.teacher, attn_implementation, data=fingerprint)
     if attn_implementation:
         student_overrides["_attn_implementation"] = attn_implementation
     set_seed(config.seed)  # the student's new weights

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoModel, BertForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 from fincompress.common import cli
-from fincompress.common.hub_models import set_project_labels
+from fincompress.common.hub_models import hub_load_kwargs, set_project_labels
 from fincompress.common.paths import FinCompressError
 
 DEFAULT_PRETRAINED = "nreimers/MiniLM-L6-H384-uncased"
@@ -142,8 +142,9 @@ def check_same_shape(spec: StudentSpec, source: PretrainedConfig, what: str) -> 
 
 def load_pretrained_encoder(name_or_path: str) -> PreTrainedModel:
     """A Hub name, a folder, or `assets:RELATIVE/PATH` (a model of the study's assets folder)."""
+    name_or_path = cli.resolve_asset_value(name_or_path)
     try:
-        return AutoModel.from_pretrained(cli.resolve_asset_value(name_or_path))
+        return AutoModel.from_pretrained(name_or_path, **hub_load_kwargs(name_or_path))
     except (OSError, ValueError) as exc:
         raise FinCompressError(
             f"could not load the pretrained student initialisation {name_or_path!r} "

@@ -68,7 +68,7 @@ from fincompress.common.metrics import (
     paired_bootstrap_speedup,
 )
 from fincompress.common.paths import FinCompressError, add_root_argument, checkpoints_dir, project_root, results_dir
-from fincompress.common.variants import read_info, select_variants
+from fincompress.common.variants import list_variants, read_info, select_variants, variant_problems
 
 log = logging.getLogger("fincompress.benchmark")
 
@@ -402,13 +402,18 @@ def benchmark(root: Path, names: list[str], settings: BenchmarkSettings, isa: li
                                       settings.teacher)
     plan = {name: [r for r in runtimes if r in settings.runtimes] + ([BF16_RUNTIME] if name in bf16_names else [])
             for name, runtimes in available.items()}
+    for name in [n for n, runtimes in plan.items() if not runtimes]:
+        reason = f"runs in {', '.join(available[name])} only, not in --runtimes {','.join(settings.runtimes)}"
+        log.warning("skipping variant %r: %s", name, reason)
+        skipped.append({"variant": name, "runtime": "all", "reason": reason})
     previous_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(settings.threads)
         predictors = load_predictors(root, plan, settings, skipped)
         predictors, rows, predictions = accuracy_rows(predictors, texts, labels, settings, skipped)
         if not rows:
-            raise FinCompressError("no variant could be measured (every one was skipped; see the warnings above)")
+            raise FinCompressError("no variant could be measured, every one was skipped: " + "; ".join(
+                f"{s['variant']} ({s['runtime']}): {s['reason']}" for s in skipped))
         reference = add_intervals(rows, predictions, labels, settings.teacher, settings.bootstrap_resamples,
                                   settings.bootstrap_seed)
         latency, throughput = measure_speed(predictors, texts, settings)
@@ -504,10 +509,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-broken", action="store_true",
                         help="skip (with a warning, listed in the JSON) a variant that fails to load or run, "
                         "instead of stopping")
-    parser.add_argument("--output", default=CONFIG["output"],
+    parser.add_argument("--output", type=cli.file_stem, default=CONFIG["output"],
                         help=f"file stem under results/ (default {CONFIG['output']}; the throughput table is "
                         "throughput.csv, or <stem>_throughput.csv for another stem)")
     return parser
+
+
+def check_teacher(root: Path, names: list[str], teacher: str) -> None:
+    """--teacher must name a variant; one left out of --variants leaves the ratio and delta columns empty."""
+    available = list_variants(checkpoints_dir(root))
+    if teacher not in available:
+        raise FinCompressError(f"--teacher {teacher!r} is not a variant under {checkpoints_dir(root)}; "
+                               f"available: {available}")
+    if teacher not in names:
+        log.warning("--teacher %r is not among the variants measured: the speed-up, size-ratio and delta columns "
+                    "stay empty (add it to --variants to fill them)", teacher)
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
@@ -540,8 +556,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     root = project_root(args.root)
     settings = settings_from_args(args)
     names = select_variants(root, args.variants)
+    check_teacher(root, names, settings.teacher)
+    if not args.variants:  # folders that are no variant are left out: say so before the long run
+        for folder, problem in variant_problems(root).items():
+            if folder not in names:
+                log.warning("leaving out checkpoints/%s: %s", folder, problem)
     read_split(root, "test")  # a clear error before any model is loaded
     fingerprint = data_fingerprint(root)
+    provenance = variant_provenance(root, names, fingerprint)  # warns of stale variants before the long run
     machine = cpu_metadata()
     result = benchmark(root, names, settings, isa=machine["isa"])
     metadata = {**machine, "threads": settings.threads, "thread_counts": settings.measured_thread_counts(),
@@ -554,7 +576,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                               "paired (same resampled sentences for the row and the teacher)",
                               "delta_reference": result.delta_reference},
                 "bf16": result.bf16, "skipped": result.skipped, "data_fingerprint": fingerprint,
-                "variants": variant_provenance(root, names, fingerprint), "reproducibility": REPRODUCIBILITY_NOTE,
+                "variants": provenance, "reproducibility": REPRODUCIBILITY_NOTE,
                 "config": args.config_values}
     write_results(root, result, metadata, args.output)
     paths = output_paths(root, args.output)

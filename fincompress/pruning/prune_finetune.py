@@ -227,7 +227,7 @@ def prepare_run(args: argparse.Namespace) -> PruneRun:
         dest = prepare_output(root, name, technique=TECHNIQUE, inputs=[args.source], overwrite=args.overwrite)
     fingerprint = data_fingerprint(root)
     config = train_config_from_args(args)
-    source_folder = fp32_variant_dir(root, args.source, role="source")
+    source_folder = fp32_variant_dir(root, args.source, role="source", data=fingerprint)
     model, tokenizer = load_fp32_model(source_folder)
     train_frame, val_frame, test_frame = (read_split(root, split) for split in ("train", "val", "test"))
     if args.max_val_samples:

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     recipe, choice = recipe_from_args(args)
     if args.sensitivity and not recipe.is_static:
         raise FinCompressError("--sensitivity measures a static recipe's groups; drop it for the dynamic recipe")
-    source = fp32_variant_dir(root, args.source)
+    source = fp32_variant_dir(root, args.source, data=fingerprint)
     name = args.output_name or default_output_name(args.source, recipe)
     technique = TECHNIQUES["ptq" if recipe.is_static else "dynamic"]
     dest = prepare_output(root, name, technique=technique, inputs=[args.source], overwrite=args.overwrite)

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     fingerprint = data_fingerprint(root)  # the data this run reads; saving refuses if it changes meanwhile
     config = train_config_from_args(args)
     recipe, choice = recipe_from_args(args)
-    source = fp32_variant_dir(root, args.source)
+    source = fp32_variant_dir(root, args.source, data=fingerprint)
     name = args.output_name or f"{args.source}_qat_int8"
     dest = prepare_output(root, name, technique=TECHNIQUES["qat"], inputs=[args.source], overwrite=args.overwrite)
     splits = evaluation_splits(root)
