@@ -372,6 +372,8 @@ CASES = [
          root="empty", setup=write_inputs_file("mine.csv", b"text,label\nCaf\xe9 profit rose,positive\n")),
     Case("prepare: csv too few rows to split", PREPARE, ("--source", "csv", "--data-file", "{inputs}/mine.csv"),
          "too few", root="empty", setup=write_inputs_file("mine.csv", b"text,label\nProfit rose,positive\n")),
+    Case("prepare: --data-file is a folder", PREPARE, ("--source", "csv", "--data-file", "{inputs}"), "is a folder",
+         root="empty"),
     Case("prepare: csv of one class only", PREPARE, ("--source", "csv", "--data-file", "{inputs}/mine.csv"),
          "no negative or neutral", root="empty", setup=write_inputs_file("mine.csv", one_class_csv())),
     Case("prepare: --root is a file", PREPARE, ("--source", "csv", "--data-file", "{inputs}/mine.csv", "--root",

@@ -238,6 +238,18 @@ def test_interleaving_rotates_the_order():
     assert calls == ["a", "b", "b", "a"]
 
 
+def test_the_reference_must_be_a_variant_and_one_left_out_is_said(work_root, caplog):
+    with pytest.raises(FinCompressError, match="--teacher 'nope' is not a variant"):
+        benchmark.check_teacher(work_root, ["teacher"], "nope")
+    with caplog.at_level("WARNING"):
+        benchmark.check_teacher(work_root, ["teacher"], "teacher")
+    assert not caplog.records
+    shutil.copytree(work_root / "checkpoints" / "teacher", work_root / "checkpoints" / "teacher_mirror")
+    with caplog.at_level("WARNING"):
+        benchmark.check_teacher(work_root, ["teacher_mirror"], "teacher")
+    assert "stay empty" in caplog.text
+
+
 def test_unknown_variant_or_runtime_is_refused(work_root):
     with pytest.raises(FinCompressError, match="unknown variant"):
         benchmark.main(["--root", str(work_root), "--variants", "nope"])

@@ -69,7 +69,8 @@ def score_to_label(score: float, threshold: float = FIQA_THRESHOLD) -> int:
 def _read_bytes(path: Path, what: str) -> bytes:
     path = Path(path)
     if not path.is_file():
-        raise FinCompressError(f"{path} not found (expected {what})")
+        state = "is a folder, not a file" if path.is_dir() else "not found"
+        raise FinCompressError(f"{path} {state} (expected {what})")
     try:
         return path.read_bytes()
     except OSError as exc:

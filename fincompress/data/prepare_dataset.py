@@ -205,8 +205,8 @@ def label_counts(frame: pd.DataFrame) -> str:
 
 def _too_small(what: str, exc: Exception | None = None) -> FinCompressError:
     reason = f" ({str(exc).splitlines()[0]})" if exc is not None else ""
-    return FinCompressError(f"{what}: too few texts for a stratified 70/15/15 split{reason}; use a larger "
-                            f"--sample-fraction or more data")
+    return FinCompressError(f"{what}: too few texts for a stratified 70/15/15 split{reason}; use more data "
+                            "(or a larger --sample-fraction, if you passed one)")
 
 
 def stratified_sample(frame: pd.DataFrame, fraction: float, seed: int = CONFIG["seed"]) -> pd.DataFrame:
