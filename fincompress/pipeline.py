@@ -34,7 +34,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fincompress.common import cli
@@ -106,6 +106,7 @@ REPORT = [
     _stage("benchmark", "fincompress.evaluation.benchmark", [DATA], ["results/benchmark_results.csv"]),
     _stage("plots", "fincompress.evaluation.plots", ["results/benchmark_results.csv"], ["results/plots/pareto.png"]),
 ]
+REPORT_NAMES = {stage.name for stage in REPORT}
 
 
 # ----------------------------------------------------------------------------- building the stage list
@@ -302,8 +303,8 @@ def plan(root: Path, preset: str, *, stages: str | list[str] | None = None, mode
     """Every stage to run, in order: the canonical study, the seed runs and their summary, the report."""
     all_stages = build_stages(preset, model, data_dir, quick=quick)
     chosen = select(all_stages, stages)
-    study = [s for s in chosen if s.name not in {r.name for r in REPORT}]
-    report = [s for s in chosen if s.name in {r.name for r in REPORT}]
+    study = [s for s in chosen if s.name not in REPORT_NAMES]
+    report = [s for s in chosen if s.name in REPORT_NAMES]
     runs = seed_stages(root, study, list(seeds), list(teacher_seeds))
     summary = []
     if runs:  # the summary is stale whenever a canonical or a seed variant changes
@@ -311,8 +312,12 @@ def plan(root: Path, preset: str, *, stages: str | list[str] | None = None, mode
         canonical = [out for stage in study for out in stage.outputs if out.startswith("checkpoints/")]
         summary = [Stage(SEED_SUMMARY.name, SEED_SUMMARY.module, [DATA, *canonical, *seed_outputs],
                          list(SEED_SUMMARY.outputs))]
-        report = [Stage(s.name, s.module, [*s.inputs, *summary[0].outputs], s.outputs, s.seeded, s.config, s.args)
-                  if s.name == "plots" else s for s in report]
+    # The report is stale whenever what it reads changes: the benchmark every variant of the preset, the
+    # plots the benchmark's and the other stages' results (and the seed summary).
+    made = [out for stage in all_stages if stage.name not in REPORT_NAMES for out in stage.outputs]
+    extra = {"benchmark": [out for out in made if out.startswith("checkpoints/")],
+             "plots": [out for out in made if out.startswith("results/")] + [out for s in summary for out in s.outputs]}
+    report = [replace(s, inputs=[*s.inputs, *extra[s.name]]) for s in report]
     return [*study, *runs, *summary, *report]
 
 

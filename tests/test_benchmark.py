@@ -8,6 +8,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from fincompress.common import cli
+from fincompress.common.data import first_rows_of_every_class
 from fincompress.common.loader import ensure_onnx_export, load_variant
 from fincompress.common.metrics import (
     bootstrap_macro_f1,
@@ -236,6 +237,15 @@ def test_interleaving_rotates_the_order():
 
     benchmark.interleaved_timings([Fake("a"), Fake("b")], [[{}], [{}]], warmup=0, runs=2, desc="t")
     assert calls == ["a", "b", "b", "a"]
+
+
+def test_a_test_subset_keeps_the_first_rows_and_every_class():
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(15)], "label": [1] * 10 + [0] * 2 + [2] * 3})
+    subset = first_rows_of_every_class(frame, 5)
+    assert list(subset.index) == [0, 1, 2, 10, 12]  # the last two neutral rows give way, file order kept
+    assert first_rows_of_every_class(frame, None) is frame and first_rows_of_every_class(frame, 99) is frame
+    assert list(first_rows_of_every_class(frame.iloc[[0, 10, 12, 1]].reset_index(drop=True), 3).index) == [0, 1, 2]
+    assert len(first_rows_of_every_class(frame, 2)) == 2  # fewer rows than classes: as many classes as fit
 
 
 def test_the_reference_must_be_a_variant_and_one_left_out_is_said(work_root, caplog):

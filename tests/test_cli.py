@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,27 @@ def test_asset_references_resolve_inside_values(monkeypatch, tmp_path):
     assert cli.resolve_asset_value("ProsusAI/finbert") == "ProsusAI/finbert"
     args = cli.parse_args(small_parser(), ["--model", "assets:models/m"])  # on the command line too
     assert args.model == str(tmp_path / "models/m")
+    parser = small_parser()
+    parser.add_argument("--data-dir", type=Path)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data_dir": "assets:data/d"}))
+    args = cli.parse_args(parser, ["--config", str(config)])  # a folder flag from a config file
+    assert args.data_dir == tmp_path / "data/d"
+
+
+def test_an_asset_a_flag_overrides_is_never_looked_up(monkeypatch, tmp_path):
+    import fincompress.common.assets as assets
+
+    def missing(relative, download=True):
+        raise assets.AssetsUnavailable(f"{relative} is not here")
+
+    monkeypatch.setattr(assets, "asset_file", missing)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": "assets:models/m", "lr": 0.1}))
+    args = cli.parse_args(small_parser(), ["--config", str(config), "--model", str(tmp_path)])
+    assert args.model == str(tmp_path) and args.lr == 0.1
+    with pytest.raises(FinCompressError, match="models/m is not here"):
+        cli.parse_args(small_parser(), ["--config", str(config)])
 
 
 @pytest.mark.parametrize("preset", pipeline.PRESETS)

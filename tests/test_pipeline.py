@@ -30,6 +30,24 @@ def smoke_root(tmp_path_factory, phrasebank_dir, fiqa_dir, minilm_dir):
     return root
 
 
+def test_the_report_is_stale_when_a_variant_or_a_result_changes(tmp_path):
+    for path, text in (("checkpoints/teacher/checkpoint_info.json", '{"created_at": "1"}'),
+                       ("results/benchmark_results.csv", "a\n1\n"), ("results/pruning_curve.csv", "a\n1\n"),
+                       ("results/plots/pareto.png", "png")):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    report = {s.name: s for s in pipeline.plan(tmp_path, "smoke") if s.name in pipeline.REPORT_NAMES}
+    for stage in report.values():  # as if each had just run
+        pipeline.stamp_path(tmp_path, stage).parent.mkdir(parents=True, exist_ok=True)
+        pipeline.stamp_path(tmp_path, stage).write_text(json.dumps(pipeline.stage_state(tmp_path, stage)))
+    assert all(pipeline.is_up_to_date(tmp_path, stage) for stage in report.values())
+    (tmp_path / "checkpoints/teacher/checkpoint_info.json").write_text('{"created_at": "2"}')  # re-trained
+    assert not pipeline.is_up_to_date(tmp_path, report["benchmark"])
+    assert pipeline.is_up_to_date(tmp_path, report["plots"])
+    (tmp_path / "results/pruning_curve.csv").write_text("a\n2\n")
+    assert not pipeline.is_up_to_date(tmp_path, report["plots"])
+
+
 @pytest.mark.slow
 def test_smoke_pipeline_produces_every_row_csv_and_plots(smoke_root):
     frame = pd.read_csv(smoke_root / "results" / "benchmark_results.csv")

@@ -219,7 +219,7 @@ def test_too_small_sample_fraction_is_a_clear_error_not_a_sklearn_traceback(tmp_
     phrasebank, fiqa = write_release(tmp_path)
     argv = ["--root", str(tmp_path / "root"), "--source", "local", "--phrasebank-dir", str(phrasebank),
             "--fiqa-dir", str(fiqa)]
-    with pytest.raises(FinCompressError, match="use a larger --sample-fraction"):
+    with pytest.raises(FinCompressError, match="a larger --sample-fraction"):
         prep.main([*argv, "--sample-fraction", "0.02"])
     with pytest.raises(SystemExit):  # typed with cli.sample_fraction: argparse refuses it
         prep.main([*argv, "--sample-fraction", "0"])

@@ -186,3 +186,15 @@ def test_kd_loss_closure_looks_up_each_example_by_its_index(tokenizer):
     expected, expected_parts = losses.prediction_loss(model(**model_inputs(batch)).logits, stored[batch["index"]],
                                                       batch["labels"], alpha=0.3, temperature=2.0)
     assert loss.item() == pytest.approx(expected.item()) and parts == pytest.approx(expected_parts)
+
+
+def test_texts_cut_at_the_token_limit_are_counted_in_a_warning(tokenizer, caplog):
+    long_text = " ".join(["profit surged"] * 200)
+    with caplog.at_level("WARNING"):
+        loader = make_loader(tokenizer, [long_text, TEXTS[0]], [2, 0], max_length=16)
+    assert "1 of 2 texts reach the 16-token limit" in caplog.text
+    assert len(loader.dataset[0]["input_ids"]) == 16
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        make_loader(tokenizer, TEXTS, LABELS)
+    assert "token limit" not in caplog.text

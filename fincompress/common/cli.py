@@ -149,7 +149,7 @@ def config_to_argv(parser: argparse.ArgumentParser, values: dict, source: str) -
             continue
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)
-        argv += [flag, resolve_asset_value(str(value))]
+        argv += [flag, str(value)]  # `assets:` paths are resolved after parsing: a flag may override them
     return argv
 
 
@@ -193,8 +193,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         config_values = read_config(first.config)
         argv = config_to_argv(parser, config_values, str(first.config)) + argv
     args = parser.parse_args(argv)
-    for name, value in vars(args).items():  # `assets:` paths given on the command line too
-        if isinstance(value, str) and ASSET_PREFIX in value:
-            setattr(args, name, resolve_asset_value(value))
+    for name, value in vars(args).items():  # `assets:` paths of the values in force (config or command line)
+        if isinstance(value, (str, Path)) and ASSET_PREFIX in str(value):
+            setattr(args, name, type(value)(resolve_asset_value(str(value))))
     args.config_values = config_values
     return args

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,8 @@ from fincompress.common.paths import LABELS, FinCompressError, data_dir
 
 SPLITS = ("train", "val", "test")
 DATASET_INFO = "dataset_info.json"
-MAX_LENGTH = 128
+MAX_LENGTH = 128  # tokens per text; longer texts are cut (a warning says how many)
+log = logging.getLogger(__name__)
 
 
 def split_path(root: Path, split: str) -> Path:
@@ -84,6 +86,24 @@ def data_fingerprint(root: Path) -> str:
     return compute_fingerprint(paths)
 
 
+def first_rows_of_every_class(frame: pd.DataFrame, n: int | None) -> pd.DataFrame:
+    """The first `n` rows (all if None), except that a class the first rows lack takes the place of the
+    last row of the most frequent class: a macro F1 on a subset never scores a class with no example."""
+    if not n or n >= len(frame):
+        return frame
+    chosen = list(frame.index[:n])
+    for label in frame["label"].unique():
+        if (frame.loc[chosen, "label"] == label).any():
+            continue
+        counts = frame.loc[chosen, "label"].value_counts()
+        if counts.iloc[0] < 2:  # n smaller than the number of classes: nothing can give way
+            break
+        crowded = frame.loc[chosen, "label"] == counts.index[0]
+        chosen.remove(crowded[crowded].index[-1])
+        chosen.append(frame.index[frame["label"] == label][0])
+    return frame.loc[sorted(chosen, key=frame.index.get_loc)]
+
+
 class EncodedTexts(torch.utils.data.Dataset):
     """Texts tokenized once (no padding); the collator pads each batch to its longest."""
 
@@ -91,6 +111,10 @@ class EncodedTexts(torch.utils.data.Dataset):
                  max_length: int = MAX_LENGTH):
         self.encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
         self.labels = None if labels is None else [int(x) for x in labels]
+        at_limit = sum(len(ids) >= max_length for ids in self.encodings["input_ids"])
+        if at_limit:  # financial sentences are short; a long text is cut, which a user should hear of
+            log.warning("%d of %d texts reach the %d-token limit: longer ones are cut to their first %d tokens",
+                        at_limit, len(self), max_length, max_length)
 
     def __len__(self) -> int:
         return len(self.encodings["input_ids"])

@@ -322,8 +322,11 @@ def parse_labelled_csv(path: Path, source: str = "csv") -> pd.DataFrame:
         header = [h.strip().lower() for h in next(reader)]
         missing = [c for c in ("text", "label") if c not in header]
         if missing:
+            other = next((f" (it looks {name}-separated: use commas)" for sep, name in ((";", "semicolon"),
+                                                                                      ("\t", "tab"))
+                          if len(header) == 1 and sep in header[0]), "")
             raise FinCompressError(f"{path}, line 1: missing column(s) {missing} in the header {header}; expected "
-                                   f"a header `text,label`")
+                                   f"a comma-separated header `text,label`{other}")
         text_at, label_at = header.index("text"), header.index("label")
         rows, empty_lines, line = [], [], reader.line_num
         for fields in reader:

@@ -498,7 +498,7 @@ def select_variants(root: Path, names: str | None) -> list[str]:
         if not available:
             raise FinCompressError(f"no variant folders in {Path(root) / 'checkpoints'}: train the teacher first")
         return available
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    chosen = list(dict.fromkeys(n.strip() for n in names.split(",") if n.strip()))  # each name once
     missing = [n for n in chosen if n not in available]
     if missing:
         checkpoints = Path(root) / "checkpoints"

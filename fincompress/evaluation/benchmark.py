@@ -54,7 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fincompress.common import cli
-from fincompress.common.data import data_fingerprint, read_split
+from fincompress.common.data import data_fingerprint, first_rows_of_every_class, read_split
 from fincompress.common.io import atomic_write_text
 from fincompress.common.loader import Predictor, TorchPredictor, cpu_flags, load_variant, variant_runtimes
 from fincompress.common.metrics import (
@@ -392,8 +392,7 @@ def benchmark(root: Path, names: list[str], settings: BenchmarkSettings, isa: li
               ) -> BenchmarkResult:
     """Accuracy with intervals, latency and throughput of every variant x runtime (see the module doc)."""
     test = read_split(root, "test")
-    if settings.max_test_samples:
-        test = test.iloc[:settings.max_test_samples]
+    test = first_rows_of_every_class(test, settings.max_test_samples)
     texts, labels = test["text"].tolist(), test["label"].to_numpy()
     skipped: list[dict] = []
     available = available_runtimes(root, names, settings, skipped)
@@ -501,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="variant the ratio and delta columns compare with (default teacher); any variant "
                              "works, e.g. teacher_dynamic_int8 to rank INT8 recipes by paired speed-up")
     parser.add_argument("--max-test-samples", type=cli.positive_int,
-                        help="evaluate on the first N test sentences only (intervals widen accordingly)")
+                        help="evaluate on the first N test sentences only, with at least one of every class "
+                        "(intervals widen accordingly)")
     add_bootstrap_arguments(parser)
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default=CONFIG["bf16"],
                         help="torch_bf16 rows: auto = the teacher, on CPUs with avx512_bf16 or amx_bf16 (default); "

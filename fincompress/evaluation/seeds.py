@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fincompress.common import cli
-from fincompress.common.data import data_fingerprint, read_split
+from fincompress.common.data import data_fingerprint, first_rows_of_every_class, read_split
 from fincompress.common.io import atomic_write_text
 from fincompress.common.loader import load_variant
 from fincompress.common.metrics import (
@@ -169,8 +169,7 @@ def seed_summary(root: Path, teacher: str = CONFIG["teacher"], threads: int = CO
                  max_test_samples: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-run results, per-variant summary) of every run under `root`; see the module doc."""
     test = read_split(root, "test")
-    if max_test_samples:
-        test = test.iloc[:max_test_samples]
+    test = first_rows_of_every_class(test, max_test_samples)
     texts, labels = test["text"].tolist(), test["label"].to_numpy()
     previous_threads = torch.get_num_threads()
     try:
@@ -196,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=cli.positive_int, default=CONFIG["threads"],
                         help=f"CPU threads (default {CONFIG['threads']})")
     parser.add_argument("--max-test-samples", type=cli.positive_int,
-                        help="evaluate on the first N test sentences only")
+                        help="evaluate on the first N test sentences only, with at least one of every class")
     add_bootstrap_arguments(parser)
     return parser
 
