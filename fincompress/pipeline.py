@@ -265,8 +265,9 @@ def run_stage(root: Path, stage: Stage) -> None:
     started = time.perf_counter()
     code = subprocess.call([sys.executable, *command], cwd=REPO_ROOT)
     if code != 0:
+        hint = " (offline: --data-dir FOLDER with the release files)" if stage.name == "data" else ""
         raise FinCompressError(
-            f"stage {stage.name!r} failed (exit {code}). Its message is above; re-run it alone with\n"
+            f"stage {stage.name!r} failed (exit {code}){hint}. Its message is above; re-run it alone with\n"
             f"  python {' '.join(command)}\n"
             f"then re-run the pipeline: finished stages are skipped.")
     atomic_write_text(stamp_path(root, stage), json.dumps(stage_state(root, stage), indent=2))

@@ -1,5 +1,6 @@
 """The assets resolver: search order, downloading once into the cache with checksums, clear errors."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -150,6 +151,22 @@ def test_command_line_checks_and_fetches(isolated, toy_asset, capsys):
     assert assets_cli.main(["--check", "--assets", "data/toy"])[0]["status"] == "ok"
     with pytest.raises(SystemExit):
         assets_cli.main(["--assets", "data/nope"])
+
+
+def test_an_asset_that_cannot_be_fetched_does_not_stop_the_others(isolated, toy_asset, monkeypatch, capsys):
+    first = toy_asset["asset"]
+    second = dataclasses.replace(first, name="data/toy2", plans=(tuple(
+        assets.Remote(r.name, url=f"https://example.invalid/toy2/{r.name}") for r in first.plans[0]),))
+    monkeypatch.setitem(assets.ASSETS, second.name, second)
+    for name in ("a.txt", "b.txt"):
+        toy_asset["served"][f"https://example.invalid/toy2/{name}"] = toy_asset["served"].pop(
+            f"https://example.invalid/{name}")
+    del toy_asset["served"]["https://huggingface.co/datasets/someone/toy/resolve/" + "0" * 40 + "/data/c.txt"]
+    assert cli.run(assets_cli.main, ["--assets", "data/toy,data/toy2"]) == 2
+    out, err = capsys.readouterr()
+    assert "could not be downloaded" in out and out.count("missing ") == 1
+    assert (isolated / "cache" / "data" / "toy2" / "a.txt").is_file()
+    assert "1 asset(s) missing: data/toy " in err
 
 
 def test_a_local_copy_that_differs_from_the_reference_fails_the_check(isolated, toy_asset):

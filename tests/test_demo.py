@@ -99,6 +99,15 @@ def test_check_mode_predicts_an_example_in_the_console(trained_root, capsys):
     assert "agrees_with_teacher" in capsys.readouterr().out
 
 
+def test_check_predicts_the_users_sentence_and_shows_it(trained_root, capsys):
+    _, rows = demo.main(["--root", str(trained_root), "--check", "--text", "Quarterly profit fell sharply",
+                         "--variants", "teacher,teacher"])
+    assert [row[0] for row in rows] == ["teacher"]  # a name given twice is one row
+    assert "sentence: Quarterly profit fell sharply" in capsys.readouterr().out
+    with pytest.raises(FinCompressError, match="--text goes with --check"):
+        demo.main(["--root", str(trained_root), "--text", "x"])
+
+
 def test_bad_arguments_are_refused(trained_root):
     with pytest.raises(FinCompressError, match="unknown variant"):
         demo.load_side_by_side(trained_root, "teacher,nope")

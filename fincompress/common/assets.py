@@ -326,11 +326,15 @@ def check_asset(name: str, download: bool) -> dict:
     """Where asset `name` is (downloading it if allowed) and its checksums: a row of `python -m fincompress.assets`."""
     asset = ASSETS[name]
     found = locate(name)
+    failure = ""
     if found is None and download:
-        asset_file(name)
+        try:
+            asset_file(name)
+        except AssetsUnavailable as exc:  # one asset that cannot be fetched must not hide the others
+            failure = f"{str(exc).splitlines()[0]} "
         found = locate(name)
     if found is None:
-        return {"asset": name, "status": "missing", "where": "", "detail": manual_instructions(asset)}
+        return {"asset": name, "status": "missing", "where": "", "detail": failure or manual_instructions(asset)}
     label, folder = found
     files = verify(asset, folder)
     verified = sum(f["verified"] for f in files.values())

@@ -286,6 +286,7 @@ def check(side_by_side: SideBySide, example: str) -> tuple[str, list[list]]:
     for error in side_by_side.load_errors:
         print(f"warning: not loaded: {error}", file=sys.stderr)
     notice, rows = side_by_side.predict_table(example)
+    print(f"sentence: {example if len(example) <= 200 else example[:197] + '...'}")
     print(notice)
     print(pd.DataFrame(rows, columns=TABLE_COLUMNS).to_string(index=False))
     return notice, rows
@@ -407,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true",
                         help="smoke run: load the variants, predict one example in the console and exit; exit 2 "
                         "(naming each broken variant) when no variant loads or there is none")
+    parser.add_argument("--text", help="with --check: the sentence to predict (default: a short test sentence)")
     return parser
 
 
@@ -416,8 +418,10 @@ def main(argv: list[str] | None = None) -> tuple[str, list[list]] | gr.Blocks:
     if args.threads:
         torch.set_num_threads(args.threads)  # the process's PyTorch pool (ONNX Runtime sessions get it per session)
     side_by_side = load_side_by_side(root, args.variants, args.runtime, args.threads)
+    if args.text is not None and not args.check:
+        raise FinCompressError("--text goes with --check (in the web app, type the sentence into the page)")
     if args.check:
-        return check(side_by_side, example_sentences(root)[0])
+        return check(side_by_side, example_sentences(root)[0] if args.text is None else args.text)
     if not side_by_side.predictors:
         log.warning(no_variants_message(side_by_side.checkpoints))
     app = build_app(side_by_side, root)

@@ -149,7 +149,8 @@ def load_pretrained_encoder(name_or_path: str) -> PreTrainedModel:
         raise FinCompressError(
             f"could not load the pretrained student initialisation {name_or_path!r} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). If the Hugging Face Hub is unreachable, "
-            f"use a local copy instead: --student-init pretrained:{OFFLINE_PRETRAINED}") from exc
+            f"use a local copy instead: --student-init pretrained:PATH (a model folder, e.g. "
+            f"pretrained:{OFFLINE_PRETRAINED} from the assets folder), or --student-init scratch") from exc
 
 
 def build_student(spec: StudentSpec, teacher: PreTrainedModel, **config_overrides
