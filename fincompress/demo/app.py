@@ -417,9 +417,9 @@ def main(argv: list[str] | None = None) -> tuple[str, list[list]] | gr.Blocks:
     root = project_root(args.root)
     if args.threads:
         torch.set_num_threads(args.threads)  # the process's PyTorch pool (ONNX Runtime sessions get it per session)
-    side_by_side = load_side_by_side(root, args.variants, args.runtime, args.threads)
-    if args.text is not None and not args.check:
+    if args.text is not None and not args.check:  # refused before any model is loaded
         raise FinCompressError("--text goes with --check (in the web app, type the sentence into the page)")
+    side_by_side = load_side_by_side(root, args.variants, args.runtime, args.threads)
     if args.check:
         return check(side_by_side, example_sentences(root)[0] if args.text is None else args.text)
     if not side_by_side.predictors:
