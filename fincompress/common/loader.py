@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from fincompress.common.data import MAX_LENGTH
+from fincompress.common.hardware import cpu_flags  # noqa: F401  (re-exported: callers read the ISA here)
 from fincompress.common.hub_models import project_order, reorder_classifier_to_project_labels
 from fincompress.common.io import atomic_write_text
 from fincompress.common.onnx_graph import fuse_attention
@@ -244,6 +245,9 @@ class Predictor:
         self.tokenizer = tokenizer
         self.info = info
         self.max_length = max_length
+        # Post-hoc temperature scaling fitted on the validation split (checkpoint_info.json "calibration");
+        # 1.0 when the variant was never calibrated. It changes probabilities, never the argmax.
+        self.temperature = calibration_temperature(info)
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         texts = list(texts)
@@ -259,14 +263,30 @@ class Predictor:
         chunks = []
         for start in range(0, len(texts), batch_size):
             logits = self.logits(self.encode(texts[start:start + batch_size]))
-            chunks.append(_softmax(logits))
+            chunks.append(self.probabilities(logits))
         return np.concatenate(chunks) if chunks else np.zeros((0, len(LABELS)), dtype=np.float32)
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Class probabilities from this variant's logits, with its calibration temperature applied."""
+        return softmax(logits, self.temperature)
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
+
+def calibration_temperature(info: dict) -> float:
+    """The temperature a variant's probabilities are divided by (1.0 when it was not calibrated)."""
+    calibration = info.get("calibration") or {}
+    temperature = calibration.get("temperature", 1.0) if isinstance(calibration, dict) else 1.0
+    if not isinstance(temperature, (int, float)) or not np.isfinite(temperature) or temperature <= 0:
+        raise FinCompressError(f"checkpoint_info.json calibration.temperature must be a positive number, "
+                               f"not {temperature!r}; re-run the calibration")
+    return float(temperature)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature (float64 inside, so tiny probabilities keep their digits)."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    shifted = scaled - scaled.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 class TorchPredictor(Predictor):
@@ -300,17 +320,6 @@ class OnnxPredictor(Predictor):
     def logits(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
         outputs = self.session.run(None, {k: encoded[k] for k in self.input_names})[0]
         return outputs[:, self.order] if self.order else outputs
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The CPU's instruction-set flags (avx2, avx512_vnni, amx_int8, ...) as the kernel reports them;
-    empty where /proc/cpuinfo does not exist. INT8 and bf16 kernel speed depends on them."""
-    if not cpuinfo.is_file():
-        return set()
-    for line in cpuinfo.read_text(errors="replace").splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def onnx_cache_path(folder: Path) -> Path:

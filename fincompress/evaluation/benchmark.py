@@ -55,8 +55,9 @@ from tqdm.auto import tqdm
 
 from fincompress.common import cli
 from fincompress.common.data import data_fingerprint, first_rows_of_every_class, read_split
+from fincompress.common.hardware import BF16_ISA, cpu_metadata
 from fincompress.common.io import atomic_write_text
-from fincompress.common.loader import Predictor, TorchPredictor, cpu_flags, load_variant, variant_runtimes
+from fincompress.common.loader import Predictor, TorchPredictor, load_variant, variant_runtimes
 from fincompress.common.metrics import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -73,7 +74,6 @@ from fincompress.common.variants import list_variants, read_info, select_variant
 log = logging.getLogger("fincompress.benchmark")
 
 BF16_RUNTIME = "torch_bf16"
-BF16_ISA = ("avx512_bf16", "amx_bf16")  # native bf16 dot products; elsewhere bf16 is emulated and slower than FP32
 CONFIG = {"threads": 2, "num_runs": 100, "warmup": 10, "batch_sizes": (1, 32), "throughput_runs": 10,
           "throughput_warmup_max": 2, "teacher": "teacher", "runtimes": ("torch", "onnxruntime"),
           "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED, "bf16": "auto",
@@ -127,18 +127,6 @@ class BenchmarkResult:
 
 
 # ----------------------------------------------------------------------------- the machine
-
-def cpu_metadata() -> dict:
-    """CPU model and the ISA flags INT8 and bf16 speed depend on (they differ between machines)."""
-    model = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text(errors="replace").splitlines()
-                      if line.startswith("model name")), model)
-    flags = cpu_flags()
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", *BF16_ISA)
-    return {"cpu": model, "machine": platform.machine(), "isa": [f for f in wanted if f in flags]}
-
 
 def library_versions() -> dict:
     import onnxruntime
