@@ -84,6 +84,16 @@ def test_the_readme_is_short_and_its_contents_resolve():
     assert set(contents) <= anchors, set(contents) - anchors
 
 
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=[str(p.relative_to(REPO)) for p in DOC_FILES])
+def test_every_relative_link_of_the_docs_resolves(path):
+    targets = [t for t in LINK.findall(path.read_text(encoding="utf-8")) if "://" not in t]
+    missing = [t for t in targets if not (path.parent / t).exists()]
+    assert not missing, f"{path.relative_to(REPO)} links to missing files: {missing}"
+
+
 def test_the_module_scan_reads_flags_and_skips_comments():
     calls = module_calls("python -m fincompress.x --a 1 --b-c x  # --not-me\nls && python -m fincompress.y.z --d")
     assert calls == [("fincompress.x", ["--a", "--b-c"]), ("fincompress.y.z", ["--d"])]
