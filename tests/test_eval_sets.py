@@ -1,0 +1,78 @@
+"""Extra evaluation sets: the user's CSV, and the built-in tweets set without any KD transfer text."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from fincompress.common import eval_sets
+from fincompress.common.paths import LABEL2ID, FinCompressError
+from fincompress.distillation import kd
+
+
+def write_csv(path: Path, rows: list[tuple[str, object]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\r\n")  # the release's CRLF
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def tweets_root(tmp_path: Path) -> Path:
+    """A twitter_financial_news folder whose validation file repeats two training tweets (one in other case)."""
+    folder = tmp_path / "twitter_financial_news"
+    write_csv(folder / eval_sets.TRANSFER_FILE, [("$AAPL beats estimates", 1), ("Stocks slide on rates", 0),
+                                                 ("Fed holds rates", 2), ('multi\nline "tweet"', 2)])
+    write_csv(folder / eval_sets.TWEETS_FILE, [("$aapl BEATS estimates", 1), ("Oil jumps 5%", 1),
+                                               ("Bank misses, shares fall", 0), ("Markets flat today", 2),
+                                               ('multi\nline "tweet"', 2), ("Oil jumps 5%", 1)])
+    return tmp_path
+
+
+def test_tweets_exclude_every_kd_transfer_text_and_map_the_labels(tweets_root):
+    tweets = eval_sets.read_eval_set("tweets", tweets_root / "twitter_financial_news")
+    transfer = {t.strip().lower() for t in kd.read_transfer_texts("twitter", shared_data=tweets_root)}
+    assert not {t.lower() for t in tweets.texts} & {" ".join(t.split()) for t in transfer}
+    assert tweets.excluded == 3  # two training tweets and one duplicate
+    by_text = dict(zip(tweets.texts, tweets.labels.tolist()))
+    assert by_text == {"Oil jumps 5%": LABEL2ID["positive"], "Bank misses, shares fall": LABEL2ID["negative"],
+                       "Markets flat today": LABEL2ID["neutral"]}
+
+
+def test_a_user_csv_uses_the_prepare_dataset_label_rules(tmp_path):
+    path = write_csv(tmp_path / "desk.csv", [("Profit up", "Positive"), ("Loss widens", 0), ("Flat", "neutral")])
+    desk = eval_sets.read_eval_set(f"desk={path}")
+    assert desk.name == "desk" and desk.labels.tolist() == [2, 0, 1]
+    assert desk.metadata()["samples"] == 3 and desk.fingerprint != eval_sets.read_eval_set(
+        f"desk={write_csv(tmp_path / 'other.csv', [('Profit up', 'negative'), ('Loss widens', 0), ('Flat', 1)])}"
+    ).fingerprint
+
+
+@pytest.mark.parametrize("spec, message", [("desk", "expected NAME=FILE"), ("Bad Name=x.csv", "lower-case"),
+                                           ("test=x.csv", "not 'test'"), ("desk=missing.csv", "missing.csv")])
+def test_bad_specs_and_files_are_one_line_errors(tmp_path, monkeypatch, spec, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FinCompressError, match=message):
+        eval_sets.read_eval_set(spec)
+
+
+def test_bad_labels_fail_as_prepare_dataset_does(tmp_path):
+    path = write_csv(tmp_path / "bad.csv", [("fine", "positive"), ("odd", "bullish")])
+    with pytest.raises(FinCompressError, match=r"line 3: label 'bullish'"):
+        eval_sets.read_eval_set(f"bad={path}")
+
+
+def test_a_name_given_twice_is_refused(tmp_path):
+    path = write_csv(tmp_path / "a.csv", [("x", 0)])
+    with pytest.raises(FinCompressError, match="more than once"):
+        eval_sets.read_eval_sets([f"a={path}", f"a={path}"])
+
+
+def test_tweets_without_the_validation_file_say_what_is_needed(tmp_path):
+    (tmp_path / "twitter_financial_news").mkdir()
+    with pytest.raises(FinCompressError, match="sent_valid.csv not found"):
+        eval_sets.read_tweets(tmp_path / "twitter_financial_news")
