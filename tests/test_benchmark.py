@@ -17,13 +17,14 @@ from fincompress.common.metrics import (
     paired_bootstrap_speedup,
 )
 from fincompress.common.paths import FinCompressError
-from fincompress.evaluation import benchmark
+from fincompress.evaluation import benchmark, timing
 
 REQUIRED = ["model_name", "technique", "runtime", "num_parameters", "size_mb", "macro_f1", "macro_f1_ci_low",
             "macro_f1_ci_high", "delta_f1_vs_teacher", "delta_f1_ci_low", "delta_f1_ci_high", "accuracy",
             "f1_negative", "f1_neutral", "f1_positive", "cpu_latency_ms_median", "cpu_latency_ms_p95",
             "cpu_throughput_sps", "speedup_vs_teacher", "size_ratio_vs_teacher"]
-FAST = ["--num-runs", "3", "--warmup", "0", "--throughput-runs", "1", "--bootstrap-resamples", "200"]
+FAST = ["--num-runs", "3", "--warmup", "0", "--throughput-runs", "1", "--bootstrap-resamples", "200",
+        "--no-reliability-plots"]
 
 
 def noisy_predictions(n: int, accuracy: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +222,7 @@ def test_broken_variant_stops_the_run_or_is_skipped_with_skip_broken(work_root, 
 
 
 def test_text_batches_are_full_and_cycle_through_the_test_set():
-    batches = benchmark.text_batches(["a", "b", "c"], size=2, count=3)
+    batches = timing.text_batches(["a", "b", "c"], size=2, count=3)
     assert batches == [["a", "b"], ["c", "a"], ["b", "c"]]
 
 
@@ -235,7 +236,7 @@ def test_interleaving_rotates_the_order():
         def logits(self, encoded):
             calls.append(self.name)
 
-    benchmark.interleaved_timings([Fake("a"), Fake("b")], [[{}], [{}]], warmup=0, runs=2, desc="t")
+    timing.interleaved_timings([Fake("a"), Fake("b")], [[{}], [{}]], warmup=0, runs=2, desc="t")
     assert calls == ["a", "b", "b", "a"]
 
 
