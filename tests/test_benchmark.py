@@ -266,3 +266,118 @@ def test_unknown_variant_or_runtime_is_refused(work_root):
         benchmark.main(["--root", str(work_root), "--variants", "nope"])
     with pytest.raises(FinCompressError, match="unknown runtime"):
         benchmark.main(["--root", str(work_root), "--runtimes", "tensorrt"])
+
+
+ACCURACY_ONLY = ["--no-timing", "--runtimes", "torch", "--bf16", "off", "--bootstrap-resamples", "200"]
+
+
+def test_extra_sets_get_intervals_calibration_and_a_paired_gap(work_root, tmp_path, monkeypatch):
+    from tests.test_eval_sets import write_csv
+
+    shutil.copytree(work_root / "checkpoints" / "teacher", work_root / "checkpoints" / "teacher_copy")
+    val = pd.read_csv(work_root / "data" / "val.csv")
+    desk = write_csv(tmp_path / "desk.csv", list(zip(val["text"], val["label"])))
+    tweets = tmp_path / "twitter_financial_news"
+    write_csv(tweets / "sent_train.csv", [("Stocks slide on rates", 0)])
+    write_csv(tweets / "sent_valid.csv", [("Stocks slide on rates", 0), ("Oil jumps", 1), ("Bank misses", 0),
+                                          ("Markets flat", 2), ("Profit up", 1)])
+    monkeypatch.setattr("fincompress.common.eval_sets.tweets_folder", lambda folder=None: tweets)
+    frame = benchmark.main(["--root", str(work_root), *ACCURACY_ONLY, "--eval-set", f"desk={desk}",
+                            "--eval-set", "tweets"])
+    row = frame.set_index("model_name")
+    for name, size in (("desk", len(val)), ("tweets", 4)):
+        assert (frame[f"{name}_samples"] == size).all()
+        f1, low, high = (frame[f"{name}_macro_f1{s}"] for s in ("", "_ci_low", "_ci_high"))
+        assert ((low <= f1) & (f1 <= high)).all()
+        assert (frame[f"{name}_ece_ci_low"] <= frame[f"{name}_ece"]).all() and (frame[f"{name}_nll"] > 0).all()
+        # the copy is the teacher: no difference on any set, and no difference between the sets' differences
+        copy = row.loc["teacher_copy"]
+        assert copy[f"{name}_delta_f1_vs_teacher"] == 0 and copy[f"{name}_delta_gap"] == 0
+        assert copy[f"{name}_delta_gap_ci_low"] == 0 == copy[f"{name}_delta_gap_ci_high"]
+        assert (work_root / "results" / "plots" / f"reliability_teacher_torch_{name}.png").is_file()
+    assert row.loc["teacher", "desk_macro_f1"] == pytest.approx(
+        f1_score(val["label"], load_variant(work_root / "checkpoints" / "teacher").predict_proba(
+            val["text"].tolist()).argmax(-1), average="macro"))
+    assert (frame["ece"] >= 0).all() and (frame["brier"] > 0).all()
+    assert frame["cpu_latency_ms_median"].isna().all() and (frame["size_ratio_vs_teacher"] == 1).all()
+    report = json.loads((work_root / "results" / "benchmark_results.json").read_text())
+    assert report["metadata"]["eval_sets"]["tweets"]["excluded_as_training_texts"] == 1
+    assert report["metadata"]["timing"] is False and report["throughput"] == []
+
+
+def test_a_bad_eval_set_file_is_one_line_before_any_model_loads(work_root, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text;label\nProfit up;positive\n")
+    assert cli.run(benchmark.main, ["--root", str(work_root), *ACCURACY_ONLY, "--eval-set", f"bad={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert "semicolon" in err and "Traceback" not in err
+
+
+def two_class_variant(work_root) -> str:
+    """The teacher with its classifier cut to 2 outputs: a model that loads and runs, but breaks the contract."""
+    from safetensors.torch import load_file, save_file
+
+    folder = work_root / "checkpoints" / "two_classes"
+    shutil.copytree(work_root / "checkpoints" / "teacher", folder)
+    shutil.rmtree(folder / "onnx", ignore_errors=True)
+    weights = load_file(folder / "model.safetensors")
+    weights = {k: (v[:2].contiguous() if k.startswith("classifier.") else v) for k, v in weights.items()}
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder.name
+
+
+def test_a_variant_with_the_wrong_number_of_classes_is_refused_never_scored(work_root, capsys):
+    name = two_class_variant(work_root)
+    args = ["--root", str(work_root), *ACCURACY_ONLY, "--no-reliability-plots"]
+    assert cli.run(benchmark.main, args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and name in errors[0] and "shape (" in errors[0] and "Traceback" not in err
+    frame = benchmark.main([*args, "--skip-broken"])
+    assert name not in set(frame["model_name"])
+    skipped = json.loads((work_root / "results" / "benchmark_results.json").read_text())["metadata"]["skipped"]
+    assert [s["variant"] for s in skipped] == [name] and "3 classes" in skipped[0]["reason"]
+
+
+def test_a_late_failure_keeps_the_measured_rows_and_a_success_removes_them(work_root, monkeypatch):
+    args = ["--root", str(work_root), *FAST, "--runtimes", "torch", "--bf16", "off", "--batch-sizes", "1"]
+
+    def broken_timing(*_args, **_kwargs):
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(timing, "measure_speed", broken_timing)
+    with pytest.raises(RuntimeError):
+        benchmark.main(args)
+    partial = pd.read_csv(work_root / "results" / "benchmark_results.partial.csv")
+    assert list(partial["model_name"]) == ["teacher"] and partial["macro_f1"].between(0, 1).all()
+    assert not (work_root / "results" / "benchmark_results.csv").exists()
+    monkeypatch.undo()
+    benchmark.main(args)
+    assert (work_root / "results" / "benchmark_results.csv").is_file()
+    assert not (work_root / "results" / "benchmark_results.partial.csv").exists()
+
+
+def test_an_unwritable_results_folder_is_refused_before_measuring(work_root, capsys, monkeypatch):
+    shutil.rmtree(work_root / "results", ignore_errors=True)
+    (work_root / "results").write_text("a file where the folder should be")
+    monkeypatch.setattr(benchmark, "load_predictors", lambda *a: pytest.fail("measured before the check"))
+    assert cli.run(benchmark.main, ["--root", str(work_root), *ACCURACY_ONLY]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the results" in err and "results" in err and "Traceback" not in err
+
+
+def test_every_setting_is_a_flag_and_a_preset_may_list_eval_sets(work_root, tmp_path):
+    from dataclasses import fields
+
+    from fincompress.evaluation.settings import BenchmarkSettings, settings_from_args
+
+    parser = benchmark.build_parser()
+    defaults = settings_from_args(parser.parse_args([]))
+    assert defaults == BenchmarkSettings()
+    dests = {action.dest for action in parser._actions}
+    assert {spec.name for spec in fields(BenchmarkSettings)} <= dests
+    preset = tmp_path / "benchmark.json"
+    preset.write_text(json.dumps({"eval_sets": ["tweets", "desk=x.csv"], "batch_sizes": "1,8"}))
+    args = cli.parse_args(benchmark.build_parser(), ["--config", str(preset), "--eval-set", "more=y.csv"])
+    settings = settings_from_args(args)
+    assert settings.eval_sets == ("tweets", "desk=x.csv", "more=y.csv") and settings.batch_sizes == (1, 8)
