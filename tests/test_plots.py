@@ -121,3 +121,22 @@ def test_training_curves_plot_every_training_log_and_skip_schedule_logs(tmp_path
     written = {p.name: p for p in plots.main(["--root", str(tmp_path)])}
     assert "training_curves.png" in written and "kd_training_curves.png" not in written  # no student log
     assert matplotlib.image.imread(written["training_curves.png"]).ndim == 3
+
+
+def test_pareto_on_an_extra_set_uses_that_sets_f1_and_an_unknown_set_is_refused(tmp_path):
+    (tmp_path / "results").mkdir()
+    frame = benchmark_frame().drop(columns="family")
+    frame["tweets_macro_f1"] = frame["macro_f1"] - 0.4
+    frame["tweets_macro_f1_ci_low"], frame["tweets_macro_f1_ci_high"] = frame["tweets_macro_f1"] - 0.05, 0.6
+    frame.to_csv(tmp_path / "results" / "benchmark_results.csv", index=False)
+    view = plots.on_eval_set(plots.read_benchmark(tmp_path), "tweets")
+    assert list(view["macro_f1"]) == list(frame["tweets_macro_f1"]) and (view["macro_f1_ci_high"] == 0.6).all()
+    figure = plots.pareto_figure(view, "tweets")
+    axes = figure.axes[0]
+    assert axes.get_ylabel().startswith("tweets macro F1")
+    frontier = next(line for line in axes.lines if line.get_label() == "Pareto frontier")
+    assert max(frontier.get_ydata()) == pytest.approx(100 * frame["tweets_macro_f1"].max())
+    written = {p.name for p in plots.main(["--root", str(tmp_path), "--eval-set", "tweets"])}
+    assert "pareto_tweets.png" in written and "pareto.png" in written
+    with pytest.raises(FinCompressError, match=r"no desk_macro_f1 column \(sets in it: \['tweets'\]\)"):
+        plots.main(["--root", str(tmp_path), "--eval-set", "desk"])

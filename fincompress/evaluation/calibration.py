@@ -32,7 +32,7 @@ from sklearn.metrics import log_loss
 
 from fincompress.common import cli
 from fincompress.common.data import data_fingerprint, read_split
-from fincompress.common.io import atomic_write_text
+from fincompress.common.io import atomic_write, atomic_write_text
 from fincompress.common.loader import Predictor, load_variant, softmax
 from fincompress.common.metrics import _percentile_interval
 from fincompress.common.paths import LABELS, FinCompressError, add_root_argument, checkpoints_dir, project_root
@@ -85,25 +85,21 @@ def calibration_metrics(labels: np.ndarray, probabilities: np.ndarray, resamples
 
 def reliability_diagram(labels: np.ndarray, probabilities: np.ndarray, path: Path, title: str) -> Path:
     """Accuracy against confidence of the top class in equal-mass bins (sklearn's quantile strategy)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot state: works headless and in notebooks
 
     probabilities = np.asarray(probabilities)
     correct = (probabilities.argmax(axis=-1) == np.asarray(labels)).astype(int)
     confidence = probabilities.max(axis=-1)
     accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=CONFIG["bins"], strategy="quantile")
-    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    figure = Figure(figsize=(4.5, 4.5))
+    axes = figure.subplots()
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
     ece = expected_calibration_error(labels, probabilities)
     axes.plot(mean_confidence, accuracy, marker="o", label=f"ECE {ece:.3f}")
     axes.set(xlabel="confidence (top class)", ylabel="accuracy", title=title, xlim=(0, 1), ylim=(0, 1))
     axes.legend(loc="upper left")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    figure.tight_layout()
+    return atomic_write(Path(path), lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
 
 
 # ----------------------------------------------------------------------------- temperature scaling

@@ -7,6 +7,8 @@ Writes <root>/results/plots/pareto.png (macro F1 with its 95% interval vs batch-
        model size, Pareto frontier, one colour per technique), delta_f1.png (each row's paired interval
        of its F1 difference from the teacher), size_latency.png (bars), pruning_curve.png,
        kd_training_curves.png, seed_spread.png. Notebooks call the same functions.
+       `--eval-set NAME` (repeatable) also draws pareto_<NAME>.png on that extra set's macro F1 (the
+       benchmark's `<NAME>_macro_f1` columns, from `benchmark --eval-set`).
 
 Figures are drawn on `matplotlib.figure.Figure` objects, not pyplot's global state: the functions work
 headless (CI, servers, the pipeline) and inside notebooks whatever their backend.
@@ -98,11 +100,22 @@ def error_bar_lengths(frame: pd.DataFrame, value: str, low: str, high: str, scal
     return scale * np.vstack([values - frame[low].to_numpy(float), frame[high].to_numpy(float) - values])
 
 
-def plot_pareto(frame: pd.DataFrame, path: Path) -> Path:
-    return _save(pareto_figure(frame), path)
+def plot_pareto(frame: pd.DataFrame, path: Path, set_name: str = "test") -> Path:
+    return _save(pareto_figure(frame, set_name), path)
 
 
-def pareto_figure(frame: pd.DataFrame) -> Figure:
+def on_eval_set(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The results with an extra set's F1 columns in place of the test split's (refused if it has none)."""
+    columns = ("macro_f1", "macro_f1_ci_low", "macro_f1_ci_high")
+    if not has_columns(frame, f"{name}_macro_f1"):
+        sets = sorted(c[:-len("_macro_f1")] for c in frame if c.endswith("_macro_f1") and c != "macro_f1")
+        raise FinCompressError(f"--eval-set {name}: benchmark_results.csv has no {name}_macro_f1 column (sets in it: "
+                               f"{sets or 'none'}); run `{BENCHMARK_COMMAND} --eval-set {name}=FILE` first")
+    view = frame.drop(columns=[c for c in columns if c in frame])
+    return view.rename(columns={f"{name}_{c}": c for c in columns if f"{name}_{c}" in frame})
+
+
+def pareto_figure(frame: pd.DataFrame, set_name: str = "test") -> Figure:
     """Macro F1 (with its 95% interval as error bars, when the results have it) vs batch-1 latency."""
     fig = Figure(figsize=(10, 6.5))
     ax = fig.subplots()
@@ -126,7 +139,7 @@ def pareto_figure(frame: pd.DataFrame) -> Figure:
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel("batch-1 CPU latency, median (ms, log scale)")
-    ax.set_ylabel("test macro F1 (%)" + (", 95% bootstrap interval" if intervals else ""))
+    ax.set_ylabel(f"{set_name} macro F1 (%)" + (", 95% bootstrap interval" if intervals else ""))
     ax.set_title("Accuracy vs latency (bubble area = model size on disk)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right", markerscale=0.5)
@@ -295,10 +308,12 @@ def _save(fig: Figure, path: Path) -> Path:
     return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=DPI, format=Path(path).suffix.lstrip(".")))
 
 
-def make_all_plots(root: Path) -> list[Path]:
+def make_all_plots(root: Path, eval_sets: list[str] | None = None) -> list[Path]:
     out = results_dir(root) / "plots"
     frame = read_benchmark(root)
+    views = {name: on_eval_set(frame, name) for name in eval_sets or []}  # every name checked before drawing
     written = [plot_pareto(frame, out / "pareto.png")]
+    written += [plot_pareto(view, out / f"pareto_{name}.png", name) for name, view in views.items()]
     if has_columns(frame, "delta_f1_vs_teacher", "delta_f1_ci_low", "delta_f1_ci_high"):
         written.append(plot_delta_intervals(frame, out / "delta_f1.png"))
     written.append(plot_size_latency(frame, out / "size_latency.png"))
@@ -323,13 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fincompress.evaluation.plots", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_root_argument(parser)
+    parser.add_argument("--eval-set", action="append", default=[], metavar="NAME",
+                        help="also draw pareto_NAME.png on that extra evaluation set's macro F1 (repeatable)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     matplotlib.use("Agg")  # the command line never needs a window (CI, servers, the pipeline)
     args = cli.parse_args(build_parser(), argv)
-    written = make_all_plots(project_root(args.root))
+    written = make_all_plots(project_root(args.root), args.eval_set)
     for path in written:
         print(f"wrote {path}")
     return written
