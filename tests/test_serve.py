@@ -24,9 +24,9 @@ from conftest import REPO
 from fincompress.common.batching import score_texts
 from fincompress.common.data import read_split
 from fincompress.common.loader import load_variant
-from fincompress.common.paths import LABELS
+from fincompress.common.paths import LABELS, FinCompressError
 from fincompress.serving.app import ServeSettings, create_app
-from fincompress.serving.batcher import Batcher, BatchSettings, Observer, QueueFull
+from fincompress.serving.batcher import Batcher, BatchSettings, ModelError, Observer, QueueFull
 
 TOLERANCE = 1e-4
 START_TIMEOUT_SECONDS = 120  # a readiness wait, not an assertion on speed
@@ -383,6 +383,38 @@ def test_the_batcher_refuses_at_once_when_full_and_drains_on_close(teacher):
     batcher.close(timeout=30)
     assert first.result(0).shape == (2, 3) and second.result(0).shape == (1, 3)
     assert batcher.pending == 0 and not batcher.alive
+
+
+def test_an_unexpected_failure_answers_the_batch_and_the_thread_keeps_serving(teacher):
+    def broken_softmax(logits):
+        raise ValueError("simulated bug after the model call")
+
+    broken = BlockingPredictor(teacher)
+    broken.release.set()
+    broken.probabilities = broken_softmax
+    batcher = Batcher(broken, BatchSettings(max_wait_ms=0))
+    with pytest.raises(ModelError):
+        batcher.submit(["profit rose"]).result(30)
+    logits = batcher.submit(["profit rose"], raw_scores=True).result(30)  # no softmax: answered
+    batcher.close(timeout=30)
+    np.testing.assert_allclose(teacher.probabilities(logits), batch1(teacher, ["profit rose"]), atol=TOLERANCE)
+    assert batcher.pending == 0
+
+
+def test_a_config_file_sets_the_flags_and_the_command_line_wins(tmp_path):
+    from fincompress.common import cli
+    from fincompress.serve import build_parser, settings_from_args
+
+    config = tmp_path / "serve.json"
+    config.write_text(json.dumps({"max_wait_ms": 7, "max_queue": 5, "workers": 2, "runtime": "onnxruntime"}))
+    args = cli.parse_args(build_parser(), ["--variant", "v", "--root", str(tmp_path), "--config", str(config),
+                                           "--max-queue", "9"])
+    settings = settings_from_args(args)
+    assert (settings.batch.max_wait_ms, settings.batch.max_queue, settings.workers) == (7, 9, 2)
+    assert settings.runtime == "onnxruntime" and settings.threads >= 1
+    config.write_text(json.dumps({"max_wait": 7}))
+    with pytest.raises(FinCompressError, match="unknown setting"):
+        cli.parse_args(build_parser(), ["--variant", "v", "--config", str(config)])
 
 
 @pytest.fixture(scope="module")

@@ -135,8 +135,13 @@ class Batcher:
     def _run(self) -> None:
         while True:
             requests, stop = self._collect()
-            if requests:
-                self._answer(requests)
+            try:
+                if requests:
+                    self._answer(requests)
+            except Exception as exc:  # never leave a request unanswered, never stop the thread
+                log.exception("answering %d requests failed", len(requests))
+                for request in requests:
+                    request.fail(ModelError(f"the batch failed: {type(exc).__name__}"))
             if stop:
                 return
 
