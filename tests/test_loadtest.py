@@ -259,7 +259,7 @@ def test_against_the_real_server(work_root, tmp_path):
     port = loadtest.free_port()
     server = subprocess.Popen([sys.executable, "-m", "fincompress.serve", "--variant", "teacher", "--root",
                                str(work_root), "--port", str(port), "--threads", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         loadtest.wait_healthy(url, seconds=60, process=server)
