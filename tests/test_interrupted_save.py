@@ -114,8 +114,11 @@ def test_kill_between_the_renames_gets_the_old_variant_back(root_with_variant):
     assert not (root / "checkpoints" / "v").exists()
     assert sorted(name.split("-")[0] for name in hidden(root)) == [".v.old", ".v.tmp"]
 
-    # the next run that reads the variants (or writes `v`) puts the old variant back
+    # readers only read (no renames while listing): nothing is listed, nothing is moved
+    assert list_variants(root / "checkpoints") == []
+    assert sorted(name.split("-")[0] for name in hidden(root)) == [".v.old", ".v.tmp"]
+    # the next run that writes `v` puts the old variant back (and removes the dead save's folder)
+    prepare_output(root, "v", technique="test")
     assert list_variants(root / "checkpoints") == ["v"]
     assert (root / "checkpoints" / "v" / "marker.bin").read_bytes() == b"old"
-    prepare_output(root, "v", technique="test")  # a stage writing `v` also removes the dead save's folder
     assert hidden(root) == [] and list_variants(root / "checkpoints") == ["v"]

@@ -22,14 +22,13 @@ import json
 import os
 import shutil
 import urllib.request
-import uuid
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from fincompress.common.io import atomic_write, atomic_write_text, sha256_file
+from fincompress.common.io import atomic_write, atomic_write_text, private_temporary, publish_folder, sha256_file
 from fincompress.common.paths import REPO_ROOT, FinCompressError
 from fincompress.common.raw_data import FIQA_FILES, HUB_FIQA, HUB_PHRASEBANK, PHRASEBANK_ZIP
 
@@ -291,7 +290,7 @@ def download_asset(asset: Asset) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for plan in asset.plans:
-        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = private_temporary(dest)
         tmp.mkdir()
         try:
             for remote in plan:
@@ -303,10 +302,8 @@ def download_asset(asset: Asset) -> Path:
                       "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "sources": {remote.name: remote.address() for remote in plan}, "files": files}
             atomic_write_text(tmp / SOURCE_FILE, json.dumps(record, indent=2) + "\n")
-            if dest.exists():  # an incomplete earlier download (a complete one would have been found)
-                shutil.rmtree(dest)
-            try:
-                tmp.rename(dest)
+            try:  # an existing dest is an incomplete earlier download (a complete one would have been found)
+                publish_folder(tmp, dest)
             except OSError:
                 if not has_asset(asset, dest, downloaded=True):  # else another process just finished it
                     raise

@@ -1,22 +1,158 @@
-"""Files written whole or not at all, CSV rows appended, content hashes.
+"""Outputs as transactions: files and folders written whole or not at all, CSV rows appended, content hashes.
 
-Every stage writes through these: an interrupted run never leaves a truncated file behind.
+Reads and writes only what its callers name. Every writer of the project goes through here:
+- `atomic_write(path, write)`: one file, written to a private temporary sibling, then renamed.
+- `publish_folder(tmp, dest)`: a whole folder (a variant, the prepared data, an asset) written into
+  `private_temporary(dest)` and swapped in with two renames; a kill between them leaves `.NAME.old-*`,
+  which the next writer of `dest` puts back (`recover(dest)`), so a reader sees the old set or the new one.
+Temporary names are `.NAME.<kind>-HOST-PID-RANDOM` (kind tmp: being written, old: being replaced): private
+to their process, and judged stale once that process is gone (or after STALE_TEMPORARY_HOURS).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
+import logging
 import os
+import re
+import shutil
+import socket
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from fincompress.common.paths import FinCompressError
+
+log = logging.getLogger("fincompress.io")
+
+# A temporary whose owner cannot be checked (another host, a reused pid) is stale after this long;
+# writing a variant or the data takes seconds to minutes.
+STALE_TEMPORARY_HOURS = 6.0
+_TEMPORARY = r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?:(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-)?[0-9a-f]{8}"
+
+
+# ----------------------------------------------------------------------------- private temporaries
+
+def host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def private_temporary(dest: Path, kind: str = "tmp") -> Path:
+    """A hidden sibling `.NAME.<kind>-HOST-PID-RANDOM` of `dest` (same filesystem: the rename is atomic)."""
+    dest = Path(dest)
+    return dest.parent / f".{dest.name}.{kind}-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
 
 def temporary_sibling(path: Path) -> Path:
-    """A hidden, unique name beside `path` (same filesystem, so the final rename is atomic)."""
+    """A private temporary file name beside `path` (see `private_temporary`)."""
+    return private_temporary(path, "tmp")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists but belongs to someone else (or cannot be asked): assume alive
+    return True
+
+
+def is_stale_temporary(path: Path, now: float | None = None) -> bool:
+    """A temporary whose process is gone (this host), or older than STALE_TEMPORARY_HOURS."""
+    match = re.fullmatch(_TEMPORARY, Path(path).name)
+    if match is None:
+        return False
+    try:
+        # ctime: changed by the rename that made an `.old-*` folder (its mtime can be days old)
+        stat = Path(path).lstat()
+        age_hours = ((now or time.time()) - max(stat.st_mtime, stat.st_ctime)) / 3600
+    except FileNotFoundError:
+        return False
+    if age_hours > STALE_TEMPORARY_HOURS:
+        return True
+    if match["pid"] and match["host"] == host_tag():
+        return int(match["pid"]) != os.getpid() and not process_alive(int(match["pid"]))
+    return False
+
+
+def stale_temporaries(dest: Path) -> list[Path]:
+    """The stale `.NAME.tmp-*` / `.NAME.old-*` entries beside `dest`."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    return sorted(p for p in dest.parent.iterdir()
+                  if (m := re.fullmatch(_TEMPORARY, p.name)) and m["name"] == dest.name and is_stale_temporary(p))
+
+
+def remove_path(path: Path) -> None:
+    """Delete a folder tree, or a file or link, ignoring errors (a later writer tries again)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def restore_moved_aside(dest: Path, stale: list[Path], complete: Callable[[Path], bool]) -> Path | None:
+    """If `dest` is missing, rename the newest `complete` stale `.NAME.old-*` back to it; returns it."""
+    if dest.exists():
+        return None
+    olds = [p for p in stale if re.fullmatch(_TEMPORARY, p.name)["kind"] == "old" and complete(p)]
+    if not olds:
+        return None
+    newest = max(olds, key=lambda p: p.lstat().st_ctime)
+    try:
+        newest.rename(dest)
+    except OSError:
+        return None  # a concurrent writer got there first
+    log.warning("restored %s from %s (a write of it was interrupted)", dest, newest.name)
+    return newest
+
+
+def recover(dest: Path, complete: Callable[[Path], bool] = Path.exists) -> list[Path]:
+    """What interrupted writes of `dest` left: the previous complete copy put back, the rest removed.
+
+    Called by writers only (under their lock, if they take one): readers never rename.
+    """
+    dest = Path(dest)
+    stale = stale_temporaries(dest)
+    restored = restore_moved_aside(dest, stale, complete)
+    for path in stale:
+        if path != restored and (path.exists() or path.is_symlink()):
+            remove_path(path)
+            log.info("removed %s (left by an interrupted write)", path)
+    return stale
+
+
+def publish_folder(tmp: Path, dest: Path) -> None:
+    """Rename the complete folder `tmp` onto `dest`; a previous `dest` is moved aside first, then removed.
+
+    Raises OSError (with the previous `dest` back in place) when a rename fails. Between the two renames
+    a kill leaves only `.NAME.old-*`: `recover(dest)` puts it back.
+    """
+    tmp, dest = Path(tmp), Path(dest)
+    old = None
+    try:
+        if dest.exists() or dest.is_symlink():
+            old = private_temporary(dest, "old")
+            dest.rename(old)
+        tmp.rename(dest)
+    except OSError:
+        if old is not None and not dest.exists():
+            old.rename(dest)  # put the previous one back
+        raise
+    if old is not None:
+        remove_path(old)
+
+
+# ----------------------------------------------------------------------------- files
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -34,10 +170,6 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 
 def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def append_csv_rows(path: Path, rows: Iterable[dict], columns: list[str] | None = None) -> Path:
@@ -93,3 +225,62 @@ def text_digest(texts: Iterable[str], length: int = 16) -> str:
     for text in texts:
         digest.update(text.encode("utf-8") + b"\0")
     return digest.hexdigest()[:length]
+
+
+# ----------------------------------------------------------------------------- file-system errors
+
+# What to do about the usual causes; other errors name their cause only.
+_FIXES = {
+    errno.ENOSPC: "the disk is full: free space or choose another --root",
+    errno.EDQUOT: "the disk quota is used up: free space or choose another --root",
+    errno.EROFS: "the file system is read-only: choose another --root",
+    errno.EACCES: "no permission to write there: fix the permissions or choose another --root",
+    errno.EPERM: "no permission to write there: fix the permissions or choose another --root",
+}
+
+
+def as_user_error(exc: OSError, what: str, unchanged: str | None = None) -> FinCompressError:
+    """One line for an OSError: what failed, the path, the cause and the fix (and what is still in place)."""
+    cause = _FIXES.get(exc.errno) or (exc.strerror or str(exc) or type(exc).__name__)
+    where = f" ({exc.filename})" if exc.filename else ""
+    tail = f"; {unchanged}" if unchanged else ""
+    return FinCompressError(f"{what}{where}: {cause}{tail}")
+
+
+def existing_ancestor(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(folder: Path, need_bytes: int = 0) -> Path:
+    """Refuse (one-line FinCompressError) before long work when `folder` (or the folder that would hold it)
+    cannot be written or has less than `need_bytes` free. Probes by creating and removing a private file."""
+    folder = Path(folder)
+    probe_in = existing_ancestor(folder)
+    if not probe_in.is_dir():
+        raise FinCompressError(f"cannot write {folder}: {probe_in} is a file, not a folder")
+    probe = private_temporary(probe_in / "write-probe")
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+        free = shutil.disk_usage(probe_in).free
+    except OSError as exc:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass  # never created
+        raise as_user_error(exc, f"cannot write {folder}") from None
+    if free < need_bytes:
+        raise FinCompressError(f"cannot write {folder}: {free / 1e6:.1f} MB free in {probe_in}, about "
+                               f"{need_bytes / 1e6:.1f} MB needed: free space or choose another --root")
+    return folder
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the files under `path` (a file: its size)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

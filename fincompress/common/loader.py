@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from transformers import (
 from fincompress.common.data import MAX_LENGTH
 from fincompress.common.hardware import cpu_flags  # noqa: F401  (re-exported: callers read the ISA here)
 from fincompress.common.hub_models import project_order, reorder_classifier_to_project_labels
-from fincompress.common.io import atomic_write_text
+from fincompress.common.io import as_user_error, atomic_write, atomic_write_text
 from fincompress.common.onnx_graph import fuse_attention
 from fincompress.common.paths import LABELS, FinCompressError
 from fincompress.common.variants import ONNX_FILE, folder_problem, read_info
@@ -133,23 +132,21 @@ def export_onnx(model: PreTrainedModel, path: Path) -> Path:
     example = {k: torch.ones(2, 16, dtype=torch.long) for k in ONNX_INPUTS}
     example["token_type_ids"].zero_()
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     # The exporter reports every decomposition step at INFO/WARNING: quiet while it runs, restored after.
     with quiet_logger("torch.onnx"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            # No file argument: the exporter hands back the graph in memory, written once after the fusion.
-            program = torch.onnx.export(model, (), None, kwargs=example, input_names=list(ONNX_INPUTS),
-                                        output_names=["logits"], dynamic_shapes={k: {0: batch, 1: seq}
-                                                                                 for k in ONNX_INPUTS},
-                                        dynamo=True, verbose=False)
-            graph = program.model_proto
-            if not getattr(model.config, "is_decoder", False):  # the fusion masks padding keys only, no causal mask
-                fuse_attention(graph, attention_head_size(model.config))
-            onnx.save_model(graph, str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # No file argument: the exporter hands back the graph in memory, written once after the fusion.
+        program = torch.onnx.export(model, (), None, kwargs=example, input_names=list(ONNX_INPUTS),
+                                    output_names=["logits"], dynamic_shapes={k: {0: batch, 1: seq}
+                                                                             for k in ONNX_INPUTS},
+                                    dynamo=True, verbose=False)
+    graph = program.model_proto
+    if not getattr(model.config, "is_decoder", False):  # the fusion masks padding keys only, no causal mask
+        fuse_attention(graph, attention_head_size(model.config))
+    try:
+        atomic_write(path, lambda tmp: onnx.save_model(graph, str(tmp)))
+    except OSError as exc:
+        raise as_user_error(exc, f"cannot export {path}") from None
     return path
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROOT_ENV_VAR = "FINCOMPRESS_ROOT"
 
-# The label contract of the whole project (DESIGN.md): every CSV, every saved config.
+# The label contract of the whole project (docs/DESIGN.md): every CSV, every saved config.
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 LABEL2ID: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
 ID2LABEL: dict[int, str] = dict(enumerate(LABELS))

@@ -23,15 +23,11 @@ already moved aside (`.NAME.old-*`) is put back if no new variant replaced it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import socket
-import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,8 +36,10 @@ import numpy as np
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fincompress.common import io
 from fincompress.common.data import SPLITS, data_fingerprint, read_split
 from fincompress.common.hub_models import set_project_labels
+from fincompress.common.io import STALE_TEMPORARY_HOURS, is_stale_temporary, stale_temporaries  # noqa: F401
 from fincompress.common.paths import LABELS, FinCompressError, checkpoints_dir
 
 log = logging.getLogger("fincompress.variants")
@@ -59,9 +57,6 @@ VOCABULARY_FILES = ("tokenizer.json", "vocab.txt")  # a fast or a slow tokenizer
 # `teacher@lr2e-5`); no path separators, no leading dot (hidden and temporary folders), no `..`.
 VARIANT_NAME_PATTERN = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_.@-]*")
 MAX_VARIANT_NAME_LENGTH = 100  # leaves room for the temporary suffix within the usual 255-byte file-name limit
-# A temporary folder whose owner cannot be checked (another host, or a reused pid) is stale after this long;
-# saving a variant takes seconds to minutes.
-STALE_TEMPORARY_HOURS = 6.0
 
 
 # ----------------------------------------------------------------------------- output names
@@ -171,56 +166,13 @@ def prepare_output(root: Path, name: str, *, technique: str, inputs: Sequence[st
 
 # ----------------------------------------------------------------------------- temporaries of saves
 
-def _host_tag() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
-
-
 def temporary_folder(dest: Path, kind: str) -> Path:
     """A hidden sibling `.NAME.<kind>-HOST-PID-RANDOM` (kind: tmp = being written, old = being replaced)."""
-    return dest.parent / f".{dest.name}.{kind}-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return io.private_temporary(dest, kind)
 
 
-def _temporary_pattern(name: str) -> re.Pattern:
-    # The owner part is optional: folders written before it existed are judged by age alone.
-    return re.compile(rf"\.{re.escape(name)}\.(?:tmp|old)-(?:(?P<host>[0-9a-f]{{6}})-(?P<pid>\d+)-)?"
-                      rf"[0-9a-f]{{8}}")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # exists but belongs to someone else (or cannot be asked): assume alive
-    return True
-
-
-def is_stale_temporary(folder: Path, now: float | None = None) -> bool:
-    """A temporary of a save whose process is gone (this host), or older than STALE_TEMPORARY_HOURS."""
-    match = re.fullmatch(r"\..+\.(?:tmp|old)-(?:(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-)?[0-9a-f]{8}", folder.name)
-    if match is None:
-        return False
-    try:
-        # ctime: changed by the rename that made an `.old-*` folder (its mtime can be days old)
-        stat = folder.lstat()
-        age_hours = ((now or time.time()) - max(stat.st_mtime, stat.st_ctime)) / 3600
-    except FileNotFoundError:
-        return False
-    if age_hours > STALE_TEMPORARY_HOURS:
-        return True
-    if match["pid"] and match["host"] == _host_tag():
-        return int(match["pid"]) != os.getpid() and not _process_alive(int(match["pid"]))
-    return False
-
-
-def stale_temporaries(dest: Path) -> list[Path]:
-    """The stale `.NAME.tmp-*` / `.NAME.old-*` folders beside variant folder `dest`."""
-    dest = Path(dest)
-    if not dest.parent.is_dir():
-        return []
-    pattern = _temporary_pattern(dest.name)
-    return sorted(p for p in dest.parent.iterdir() if pattern.fullmatch(p.name) and is_stale_temporary(p))
+def is_complete_variant(folder: Path) -> bool:
+    return (Path(folder) / INFO_FILE).is_file()
 
 
 def remove_stale_temporaries(dest: Path) -> list[Path]:
@@ -229,52 +181,7 @@ def remove_stale_temporaries(dest: Path) -> list[Path]:
     A killed save may have moved the previous variant aside (`.NAME.old-*`) and died before renaming
     the new one in: if `dest` is missing, the newest complete such folder becomes `dest` again.
     """
-    dest = Path(dest)
-    stale = stale_temporaries(dest)
-    _restore_moved_aside(dest, stale)
-    for folder in stale:
-        if folder.exists() or folder.is_symlink():
-            _remove(folder)
-            log.info("removed %s (left by an interrupted save)", folder)
-    return stale
-
-
-def _remove(path: Path) -> None:
-    """Delete a folder tree, or a file or link (what `--overwrite` may have moved aside), ignoring errors."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass  # left for a later save to try again; never worth failing the current one
-
-
-def _restore_moved_aside(dest: Path, stale: list[Path]) -> None:
-    """If `dest` is missing, rename the newest complete stale `.NAME.old-*` folder back to it."""
-    if dest.exists():
-        return
-    olds = [p for p in stale if ".old-" in p.name and (p / INFO_FILE).is_file()]
-    if not olds:
-        return
-    newest = max(olds, key=lambda p: p.lstat().st_ctime)
-    try:
-        newest.rename(dest)
-        log.warning("restored variant %s from %s (a save of it was interrupted)", dest.name, newest.name)
-    except OSError:
-        pass  # a concurrent save got there first
-
-
-def restore_interrupted_saves(checkpoints: Path) -> None:
-    """Put back every variant a killed save had moved aside and not replaced (nothing is deleted here)."""
-    checkpoints = Path(checkpoints)
-    if not checkpoints.is_dir():
-        return
-    names = {m["name"] for p in checkpoints.iterdir() if (m := re.fullmatch(r"\.(?P<name>.+)\.old-.+", p.name))}
-    for name in names:
-        dest = checkpoints / name
-        if not dest.exists() and variant_name_problem(name) is None:
-            _restore_moved_aside(dest, [p for p in stale_temporaries(dest) if ".old-" in p.name])
+    return io.recover(Path(dest), is_complete_variant)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -348,23 +255,12 @@ def save_variant(dest: Path, write: Callable[[Path], None], info: dict) -> Path:
 
 
 def _swap_in(tmp: Path, dest: Path) -> None:
-    """Rename the complete `tmp` onto `dest`; the previous variant is moved aside first, then removed.
-
-    Between the two renames a kill leaves only `.NAME.old-*`: `remove_stale_temporaries` puts it back.
-    """
-    old = None
+    """Rename the complete `tmp` onto `dest` (`io.publish_folder`: the previous variant is kept on failure)."""
     try:
-        if dest.exists() or dest.is_symlink():
-            old = temporary_folder(dest, "old")
-            dest.rename(old)
-        tmp.rename(dest)
+        io.publish_folder(tmp, dest)
     except OSError as exc:
-        if old is not None and not dest.exists():
-            old.rename(dest)  # put the previous variant back
         raise FinCompressError(f"cannot save {dest} ({exc.strerror or exc}): another run may be saving a variant "
                                "of that name at the same time; re-run when it is done") from None
-    if old is not None:
-        _remove(old)
 
 
 def save_fp32_variant(dest: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, info: dict) -> Path:
@@ -405,12 +301,11 @@ def read_info(folder: Path) -> dict:
 
 def list_variants(checkpoints: Path) -> list[str]:
     """Names of variant folders: those with a checkpoint_info.json (temporary folders start with a dot and
-    are never listed; a variant a killed save had moved aside is put back first). A listed variant may
-    still be broken: see `variant_problems`."""
+    are never listed; a variant a killed save had moved aside is put back by the next save of it: this only
+    reads). A listed variant may still be broken: see `variant_problems`."""
     checkpoints = Path(checkpoints)
     if not checkpoints.is_dir():
         return []
-    restore_interrupted_saves(checkpoints)
     return sorted(p.name for p in checkpoints.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and (p / INFO_FILE).is_file())
 
@@ -518,8 +413,11 @@ def fp32_variant_dir(root: Path, name: str, role: str = "source", data: str | No
     stage derives from it would be stamped with data it never saw.
     """
     folder = Path(root) / "checkpoints" / name
-    restore_interrupted_saves(folder.parent)
     if not folder.is_dir():
+        if folder.parent.is_dir() and any(folder.parent.glob(f".{name}.old-*")):
+            raise FinCompressError(f"{role} variant {name!r} is missing from {folder.parent}: a save of it was "
+                                   f"interrupted and the previous copy is still in .{name}.old-*; re-run the stage "
+                                   "that makes it (its next save puts the previous copy back first)")
         hint = ("train it first: python -m fincompress.teacher.train_teacher" if name == "teacher"
                 else "create it first, or pass the name of an existing FP32 variant")
         raise FinCompressError(f"{role} variant {name!r} not found at {folder}: {hint} (--root {root})")

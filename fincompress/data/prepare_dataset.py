@@ -28,15 +28,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from fincompress.common import cli
-from fincompress.common.data import DATASET_INFO, SPLITS, compute_fingerprint, split_path
+from fincompress.common import cli, io
+from fincompress.common.data import DATASET_INFO, SPLITS, compute_fingerprint
 from fincompress.common.hub_models import hub_download
-from fincompress.common.io import atomic_write, atomic_write_text, sha256_file
+from fincompress.common.io import sha256_file
 from fincompress.common.paths import LABELS, FinCompressError, add_root_argument, data_dir, project_root
 from fincompress.common.raw_data import (
     AGREEMENT_FILES,
@@ -261,15 +263,52 @@ def class_table(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def write_splits(root: Path, splits: dict[str, pd.DataFrame], info: dict) -> dict:
-    """Write the CSVs and dataset_info.json, each written whole then renamed (common.io)."""
+    """Write the CSVs and dataset_info.json as one set: into a private temporary folder, published with one
+    swap of data/ (`io.publish_folder`), so a reader sees the previous complete set or the new one.
+
+    Other files already in data/ are carried over (hard links where possible).
+    """
     out = data_dir(root)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in SPLITS:
-        atomic_write(split_path(root, name), lambda tmp, part=splits[name]: part[COLUMNS].to_csv(tmp, index=False))
-    info = {**info, "fingerprint": compute_fingerprint([split_path(root, s) for s in SPLITS]),
-            "sizes": {name: len(splits[name]) for name in SPLITS}}
-    atomic_write_text(out / DATASET_INFO, json.dumps(info, indent=2) + "\n")
+    io.recover(out, complete=lambda folder: (folder / DATASET_INFO).is_file())
+    tmp = io.private_temporary(out)
+    try:
+        tmp.mkdir(parents=True)
+        for name in SPLITS:
+            splits[name][COLUMNS].to_csv(tmp / f"{name}.csv", index=False)
+        info = {**info, "fingerprint": compute_fingerprint([tmp / f"{s}.csv" for s in SPLITS]),
+                "sizes": {name: len(splits[name]) for name in SPLITS}}
+        (tmp / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        carry_over(out, tmp)
+        io.publish_folder(tmp, out)
+    except OSError as exc:
+        raise io.as_user_error(exc, f"cannot write {out}", unchanged=previous_set(out)) from None
+    finally:
+        io.remove_path(tmp)
     return info
+
+
+def carry_over(old: Path, new: Path) -> None:
+    """Files of data/ this stage does not write (a user's own) go into the new set too."""
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        if not (new / entry.name).exists():
+            if entry.is_dir():
+                shutil.copytree(entry, new / entry.name, symlinks=True)
+            else:
+                try:
+                    os.link(entry, new / entry.name)
+                except OSError:
+                    shutil.copy2(entry, new / entry.name)
+
+
+def previous_set(out: Path) -> str:
+    """What a failed write left in place, for its message."""
+    try:
+        recorded = json.loads((out / DATASET_INFO).read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{out} is as it was (no complete earlier set)" if not out.exists() else f"{out} is as it was"
+    return f"{out} still holds the previous complete set (fingerprint {recorded})"
 
 
 # ----------------------------------------------------------------------------- command line
