@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from fincompress.common import cli
 from fincompress.common.batching import encode_unpadded, score_encoded
 from fincompress.common.io import atomic_write, atomic_write_text, sha256_file
-from fincompress.common.loader import Predictor, load_variant
+from fincompress.common.loader import Predictor, load_variant, variant_runtimes
 from fincompress.common.paths import LABELS, FinCompressError, add_root_argument, project_root, variant_dir
 from fincompress.common.variants import INFO_FILE, variant_name
 
@@ -229,8 +229,8 @@ def run_identity(args: argparse.Namespace, input_path: Path, folder: Path) -> di
     info = folder / INFO_FILE
     return {"input_sha256": sha256_file(input_path),
             "variant": folder.name, "variant_info_sha256": sha256_file(info) if info.is_file() else None,
-            "runtime": args.runtime, "shard": str(args.shard or Shard()), "text_column": args.text_column,
-            "raw_scores": args.raw_scores}
+            "runtime": args.runtime or variant_runtimes(folder)[0], "shard": str(args.shard or Shard()),
+            "text_column": args.text_column, "raw_scores": args.raw_scores}
 
 
 def rows_already_done(output: Path, identity: dict) -> int:

@@ -115,7 +115,9 @@ def test_resume_after_a_kill_gives_the_uninterrupted_output(work_root, corpus_cs
     scored: list[int] = []
     real = predict.score_chunk
     monkeypatch.setattr(predict, "score_chunk", lambda p, texts, *a: scored.append(len(texts)) or real(p, texts, *a))
-    resumed = score(work_root, corpus_csv, output, *args)
+    with predict.partial_path(output).open("a") as handle:
+        handle.write('{"row": 4, "label": "half-written')  # killed while appending the next chunk
+    resumed = score(work_root, corpus_csv, output, "--runtime", "torch", *args)  # the native runtime, named
     assert sum(scored) == ROWS - 4  # only the rows not finished before the kill
     assert resumed.equals(whole)
     assert not predict.partial_path(output).exists() and not predict.state_path(output).exists()
