@@ -187,3 +187,16 @@ def test_shard_rows_partition_every_row():
     assert rows == list(range(10))
     with pytest.raises(FinCompressError):
         predict.read_corpus(Path("missing.jsonl"), "text", given=False)
+
+
+def test_a_calibrated_variant_writes_calibrated_probabilities(work_root, corpus_csv):
+    info_path = work_root / "checkpoints" / "teacher" / "checkpoint_info.json"
+    plain = score(work_root, corpus_csv, work_root / "plain.csv")
+    info = json.loads(info_path.read_text())
+    info["calibration"] = {**(info.get("calibration") or {}), "temperature": 0.01}  # sharpens visibly
+    info_path.write_text(json.dumps(info))
+    calibrated = score(work_root, corpus_csv, work_root / "calibrated.csv")
+    texts = pd.read_csv(corpus_csv, keep_default_na=False)["text"].tolist()
+    np.testing.assert_allclose(calibrated[SCORES].to_numpy(), batch1(work_root, texts), atol=TOLERANCE)
+    assert np.abs(calibrated[SCORES].to_numpy() - plain[SCORES].to_numpy()).max() > 0.01
+    assert calibrated["label"].tolist() == plain["label"].tolist()  # a temperature never changes the argmax
