@@ -3,9 +3,9 @@
 Reads  <root>/results/serving.csv (written by `python -m fincompress.evaluation.loadtest`).
 Writes <root>/results/serving_cost.csv (replaced whole) and prints the same table.
 
-For each variant (and runtime) the highest measured throughput whose p99 latency meets `--p99-ms`, among
-levels with no errors that are not marked client-bound (those measure the load generator), is divided by
-the cores that server used (threads x workers, or `--cores`). For each daily volume:
+For each variant (and runtime), among levels whose p99 latency meets `--p99-ms` with no errors and not
+marked client-bound (those measure the load generator), the one of highest throughput per core (the
+throughput divided by the cores that server used: threads x workers, or `--cores`). For each daily volume:
     peak requests/s = daily calls x peak factor / 86,400
     cores needed    = ceil(peak requests/s / throughput per core)
 and, only when the user gives `--core-hour-usd` (no default price is assumed), the price per million
@@ -59,15 +59,18 @@ def row_errors(frame: pd.DataFrame) -> pd.Series:
     return sum(counts) if counts else pd.Series(0, index=frame.index)
 
 
-def best_levels(frame: pd.DataFrame, p99_ms: float) -> pd.DataFrame:
-    """Per variant and runtime, the error-free, not client-bound level of highest throughput with p99 <= target."""
+def best_levels(frame: pd.DataFrame, p99_ms: float, cores: int | None = None) -> pd.DataFrame:
+    """Per variant and runtime, the level of highest throughput per core among those with p99 <= target,
+    no errors and not client-bound (per core: servers of one variant may differ in threads and workers)."""
     client_bound = frame.get("client_bound", pd.Series("", index=frame.index)).astype(str).str.lower() == "true"
     ok = frame[(frame["p99_ms"] <= p99_ms) & (frame["throughput"] > 0) & (row_errors(frame) == 0) & ~client_bound]
     if ok.empty:
         raise FinCompressError(f"no measured level meets p99 <= {p99_ms:g} ms without errors (client-bound "
                                "levels excluded); load-test lower concurrencies or rates, or relax --p99-ms")
-    best = ok.loc[ok.groupby(["variant", "runtime"])["throughput"].idxmax()]
-    return best.sort_values("throughput", ascending=False)
+    ok = ok.assign(server_cores=[server_cores(row, cores) for row in ok.to_dict("records")])
+    ok = ok.assign(per_core=ok["throughput"] / ok["server_cores"])
+    best = ok.loc[ok.groupby(["variant", "runtime"])["per_core"].idxmax()]
+    return best.sort_values("per_core", ascending=False)
 
 
 def server_cores(row: dict, override: int | None) -> int:
@@ -94,8 +97,7 @@ def usd_per_million(per_core: float, core_hour_usd: float) -> float:
 def cost_rows(best: pd.DataFrame, args: argparse.Namespace) -> list[dict]:
     rows = []
     for level in best.to_dict("records"):
-        cores = server_cores(level, args.cores)
-        per_core = level["throughput"] / cores
+        cores, per_core = level["server_cores"], level["per_core"]
         load = (f"concurrency {level.get('concurrency')}" if level.get("mode") == "closed"
                 else f"rate {level.get('rate')}/s")
         for daily in args.daily_calls:
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = cli.parse_args(build_parser(), argv)
     root = project_root(args.root)
-    best = best_levels(read_serving(results_dir(root) / SERVING_CSV), args.p99_ms)
+    best = best_levels(read_serving(results_dir(root) / SERVING_CSV), args.p99_ms, args.cores)
     table = pd.DataFrame(cost_rows(best, args))
     out = atomic_write_text(results_dir(root) / COST_CSV, table.to_csv(index=False))
     print(table.to_string(index=False))
