@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from fincompress.common import cli
 from fincompress.common.batching import encode_unpadded, score_encoded
-from fincompress.common.io import atomic_write, atomic_write_text, sha256_file
+from fincompress.common.io import atomic_write, atomic_write_text, check_writable, sha256_file
 from fincompress.common.loader import Predictor, load_variant, variant_runtimes
 from fincompress.common.paths import LABELS, FinCompressError, add_root_argument, project_root, variant_dir
 from fincompress.common.variants import INFO_FILE, variant_name
@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> Path:
     args.text_column = corpus.text_column
     rows = (args.shard or Shard()).rows(len(corpus.texts))
     identity = run_identity(args, args.input, folder)
+    check_writable(args.output.parent)  # before any scoring, not after the last chunk
     args.output.parent.mkdir(parents=True, exist_ok=True)
     start = rows_already_done(args.output, identity)
     if start:
