@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import synthetic_split
-from fincompress.common import io
+from fincompress.common import cli, io
 from fincompress.common.data import SPLITS, data_fingerprint, read_split
 from fincompress.common.paths import FinCompressError
 from fincompress.data import prepare_dataset as prep
@@ -84,3 +84,74 @@ def test_a_prepare_killed_between_the_renames_is_recovered_by_the_next_one(tmp_p
     assert data_fingerprint(root) == second["fingerprint"] != first["fingerprint"]
     assert (root / "data" / "notes.txt").read_text() == "mine"  # a user's own file is carried over
     assert hidden(root) == []
+
+
+# ----------------------------------------------------------------------------- 2. file-system errors as one line
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_full_disk_while_preparing_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "root"
+    data = labelled_csv(tmp_path / "set.csv", 120)
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    assert cli.run(prep.main, ["--root", str(root), "--source", "csv", "--data-file", str(data)]) == 2
+    err = one_line_error(capsys)
+    assert "disk is full" in err and "train.csv" in err and str(root / "data") in err
+    assert not (root / "data").exists() and (not root.exists() or hidden(root) == [])
+
+
+def test_a_read_only_root_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "root"
+    root.mkdir()
+    write_bytes = Path.write_bytes
+
+    def read_only(self, data):
+        if str(self).startswith(str(root)):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    monkeypatch.setattr(prep, "prepare", lambda *a: pytest.fail("worked on a root it cannot write"))
+    data = labelled_csv(tmp_path / "set.csv", 120)
+    assert cli.run(prep.main, ["--root", str(root), "--source", "csv", "--data-file", str(data)]) == 2
+    err = one_line_error(capsys)
+    assert "read-only" in err and str(root / "data") in err
+
+
+def test_ptq_checks_free_space_first_and_a_full_disk_is_one_line(work_root, monkeypatch, capsys):
+    from fincompress.quantization import ptq
+
+    real_usage = io.shutil.disk_usage
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1000))
+    monkeypatch.setattr(ptq, "quantize", lambda *a: pytest.fail("quantized without the space to save it"))
+    assert cli.run(ptq.main, ["--root", str(work_root), "--recipe", "dynamic"]) == 2
+    err = one_line_error(capsys)
+    assert "MB free" in err and str(work_root / "checkpoints") in err
+    monkeypatch.undo()
+
+    def full(folder):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "onnx" / "model.onnx"))
+
+    monkeypatch.setattr(ptq, "ensure_onnx_export", full)
+    assert cli.run(ptq.main, ["--root", str(work_root), "--recipe", "dynamic"]) == 2
+    err = one_line_error(capsys)
+    assert "disk is full" in err and "model.onnx" in err
+    assert not (work_root / "checkpoints" / "teacher_dynamic_int8").exists()
+
+
+def test_check_writable_names_the_folder_and_the_shortfall(tmp_path):
+    assert io.check_writable(tmp_path / "new" / "folder") == tmp_path / "new" / "folder"
+    assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []  # the probe leaves nothing
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FinCompressError, match="is a file"):
+        io.check_writable(tmp_path / "file" / "sub")
+    with pytest.raises(FinCompressError, match=r"MB free .* needed"):
+        io.check_writable(tmp_path, need_bytes=1 << 62)

@@ -21,7 +21,8 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fincompress.common.paths import FinCompressError
@@ -284,3 +285,14 @@ def tree_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@contextmanager
+def file_system_errors(what: str, unchanged: str | None = None) -> Iterator[None]:
+    """Turn an OSError raised in the block into the one-line `as_user_error` (user errors pass through)."""
+    try:
+        yield
+    except FinCompressError:
+        raise  # already one line (some are also OSErrors, e.g. a missing split)
+    except OSError as exc:
+        raise as_user_error(exc, what, unchanged) from None

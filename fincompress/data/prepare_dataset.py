@@ -352,6 +352,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
     check_flags(args)
     root = project_root(args.root)
+    io.check_writable(data_dir(root))  # before reading and cleaning: a read-only --root is one line now
+    with io.file_system_errors(f"cannot prepare the data under {root}"):
+        return prepare(args, root)
+
+
+def prepare(args: argparse.Namespace, root: Path) -> dict:
+    """Read the chosen source, clean, split and write the set (see the module docstring)."""
     info = {"source": args.source, "seed": args.seed, "sample_fraction": args.sample_fraction}
     if args.source == "csv":
         frames, inputs = load_csv_files(args.data_file, {s: getattr(args, f"{s}_file") for s in SPLITS})

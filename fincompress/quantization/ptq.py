@@ -30,7 +30,7 @@ import onnx
 import pandas as pd
 from transformers import AutoConfig, AutoTokenizer
 
-from fincompress.common import cli
+from fincompress.common import cli, io
 from fincompress.common.data import data_fingerprint
 from fincompress.common.io import atomic_write_text
 from fincompress.common.loader import ensure_onnx_export, load_variant
@@ -134,6 +134,16 @@ def main(argv: list[str] | None = None) -> dict:
     name = args.output_name or default_output_name(args.source, recipe)
     technique = TECHNIQUES["ptq" if recipe.is_static else "dynamic"]
     dest = prepare_output(root, name, technique=technique, inputs=[args.source], overwrite=args.overwrite)
+    # Before any work: the INT8 variant (and its temporary copy) is smaller than the FP32 weights it is made from.
+    io.check_writable(dest.parent, need_bytes=io.tree_size(source / "model.safetensors"))
+    with io.file_system_errors(f"cannot make {dest}"):
+        return quantize(args, root, source, dest, recipe, choice, fingerprint)
+
+
+def quantize(args: argparse.Namespace, root: Path, source: Path, dest: Path, recipe: Int8Recipe, choice: dict,
+             fingerprint: str) -> dict:
+    """Quantize `source` with `recipe`, score it through the loader and save it as `dest`."""
+    name, technique = dest.name, TECHNIQUES["ptq" if recipe.is_static else "dynamic"]
     splits = evaluation_splits(root)
     texts = calibration_texts(root, args.calibration_samples, args.seed) if recipe.is_static else []
     tokenizer, config = AutoTokenizer.from_pretrained(source), AutoConfig.from_pretrained(source)
