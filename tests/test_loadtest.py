@@ -103,6 +103,7 @@ def test_closed_and_open_levels_write_rows_and_plot(noop_url, tmp_path, texts_fi
         assert float(row["mean_batch_texts"]) == 1.0  # the no-op server runs one text per call
     assert [int(r["requests"]) for r in rows[:2]] == [12, 12]
     assert int(rows[2]["requests"]) == len(loadtest.poisson_schedule(40.0, 12, 10.0, seed=0))
+    assert 0 <= int(rows[2]["late_sends"]) <= int(rows[2]["requests"]) and rows[0]["late_sends"] == ""
     assert (tmp_path / "results" / "plots" / loadtest.PLOT_NAME).stat().st_size > 0
     run(noop_url, tmp_path, texts_file, "--concurrency", "2", "--requests", "4")
     assert len(read_rows(tmp_path)) == 4  # appended, earlier rows kept

@@ -58,11 +58,12 @@ CEILING_VARIANT = "client-ceiling"
 ERROR_KINDS = ("429", "5xx", "4xx", "connection")  # "connection": no HTTP answer (refused, reset, timed out)
 COLUMNS = ["created_at", "variant", "runtime", "threads", "workers", "client", "processes", "mode",
            "concurrency", "rate", "requests", "seconds", "ok", "throughput", "p50_ms", "p95_ms", "p99_ms",
-           *(f"errors_{kind}" for kind in ERROR_KINDS), "mean_batch_texts", "client_ceiling", "client_bound",
-           "cpu", "isa", "url"]
+           *(f"errors_{kind}" for kind in ERROR_KINDS), "late_sends", "mean_batch_texts", "client_ceiling",
+           "client_bound", "cpu", "isa", "url"]
 SERVING_CSV = "serving.csv"
 PLOT_NAME = "serving_p99.png"
 HEALTH_WAIT_SECONDS = 20.0
+LATE_SEND_MS = 10.0  # open loop: a request leaving this much after its scheduled time shows a client falling behind
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -151,6 +152,7 @@ class Tally:
     errors: Counter = field(default_factory=Counter)
     started: float = math.inf
     finished: float = -math.inf
+    late_sends: int = 0  # open loop: requests sent more than LATE_SEND_MS after their scheduled time
 
     def record(self, status: int | None, latency_ms: float) -> None:
         kind = "connection" if status is None else status_kind(status)
@@ -173,6 +175,7 @@ def merge_tallies(tallies: list[Tally]) -> Tally:
     for tally in tallies:
         merged.latencies_ms += tally.latencies_ms
         merged.errors.update(tally.errors)
+        merged.late_sends += tally.late_sends
         merged.started, merged.finished = min(merged.started, tally.started), max(merged.finished, tally.finished)
     return merged
 
@@ -249,6 +252,8 @@ async def _open_loop(client, spec: LevelSpec, tally: Tally) -> None:
         delay = origin + offset - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        elif -delay * 1000 > LATE_SEND_MS:
+            tally.late_sends += 1
         tasks.append(asyncio.create_task(_send(client, spec, index, tally, scheduled=origin + offset)))
     await asyncio.gather(*tasks)
 
@@ -514,14 +519,18 @@ def measure(url: str, plan: Plan, mode: str, value: float) -> dict:
         result = wrk_client(spec, plan.processes)
         stats = {k: result.get(k, math.nan) for k in ("p50_ms", "p95_ms", "p99_ms")}
         sent, seconds, ok, errors = result["requests"], result["seconds"], result["ok"], result["errors"]
+        late = ""
     else:
         tally = python_client(spec, plan.processes)
         stats, sent, seconds = percentiles(tally.latencies_ms), tally.sent, tally.elapsed
-        ok, errors = len(tally.latencies_ms), tally.errors
+        ok, errors, late = len(tally.latencies_ms), tally.errors, tally.late_sends if mode == "open" else ""
+        if late and late > 0.01 * sent:
+            log.warning("rate %s/s: %d of %d requests left more than %g ms late: the client cannot keep this "
+                        "rate (try --processes or a lower rate)", value, late, sent, LATE_SEND_MS)
     row = {"mode": mode, "concurrency": int(value) if mode == "closed" else "",
            "rate": value if mode == "open" else "", "requests": sent, "seconds": round(seconds, 3), "ok": ok,
            "throughput": round(ok / max(seconds, 1e-9), 3), **{k: round(v, 3) for k, v in stats.items()},
-           **{f"errors_{kind}": errors.get(kind, 0) for kind in ERROR_KINDS},
+           **{f"errors_{kind}": errors.get(kind, 0) for kind in ERROR_KINDS}, "late_sends": late,
            "mean_batch_texts": mean_batch(before, batch_totals(url))}
     log.info("%s %s: %.1f sentences/s, p99 %.1f ms, errors %s", mode,
              f"concurrency {int(value)}" if mode == "closed" else f"rate {value}/s", row["throughput"],
