@@ -117,6 +117,14 @@ def test_errors_are_counted_by_status(failing_url, tmp_path, texts_file):
     assert int(row["errors_connection"]) == 0 and int(row["errors_4xx"]) == 0
 
 
+
+def test_the_noop_server_refuses_bodies_without_a_sentence():
+    from fincompress.evaluation.noop_server import valid_body
+
+    assert all(valid_body(body) for body in loadtest.request_bodies(TEXTS))
+    assert not any(valid_body(body) for body in (b"", b"{}", b'{"inputs": ""}', b"[1]", b"not json"))
+
+
 def test_processes_are_merged(failing_url, tmp_path, texts_file):
     row = run(failing_url, tmp_path, texts_file, "--concurrency", "2", "--requests", "16", "--processes", "2")[0]
     errors = sum(int(row[f"errors_{kind}"]) for kind in loadtest.ERROR_KINDS)
@@ -141,10 +149,12 @@ def test_client_ceiling_is_recorded_and_marks_rows(noop_url, tmp_path, texts_fil
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="the wrk binary is not installed")
 def test_real_wrk_run(failing_url, tmp_path, texts_file):
-    row = run(failing_url, tmp_path, texts_file, "--client", "wrk", "--concurrency", "2", "--seconds", "1")[0]
-    assert row["client"] == "wrk" and int(row["requests"]) > 0
+    row = run(failing_url, tmp_path, texts_file, "--client", "wrk", "--concurrency", "2", "--seconds", "1",
+               "--processes", "2")[0]  # two wrk threads, each with its own rotation
+    assert row["client"] == "wrk" and row["processes"] == "2" and int(row["requests"]) > 0
     assert int(row["errors_429"]) > 0 and int(row["errors_5xx"]) > 0
     assert int(row["ok"]) + int(row["errors_429"]) + int(row["errors_5xx"]) == int(row["requests"])
+    assert int(row["errors_4xx"]) == 0  # the no-op server answers 422 to a body without a sentence
     assert float(row["p50_ms"]) <= float(row["p99_ms"])
 
 

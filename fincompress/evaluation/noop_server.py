@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -26,6 +27,15 @@ VARIANT = "noop"
 SCORES = [{"label": label, "score": round(1 / len(LABELS), 6)} for label in LABELS]
 
 
+def valid_body(body: bytes) -> bool:
+    """A JSON object whose `inputs` is a non-empty string (what the load tester sends)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and isinstance(payload.get("inputs"), str) and bool(payload["inputs"])
+
+
 def create_app(statuses: list[int] | None = None) -> FastAPI:
     """The no-op app; `statuses` (default: all 200) are the /predict answers in rotation."""
     app = FastAPI(title="FinCompress no-op", docs_url=None, redoc_url=None)
@@ -38,7 +48,9 @@ def create_app(statuses: list[int] | None = None) -> FastAPI:
 
     @app.post("/predict")
     async def predict(request: Request) -> Response:
-        await request.body()  # read like a real server would
+        if not valid_body(await request.body()):  # so a load generator sending empty bodies is caught
+            requests_total.labels("/predict", "422").inc()
+            return JSONResponse({"error": "expected {\"inputs\": text}", "error_type": "Validation"}, 422)
         status = next(cycle)
         requests_total.labels("/predict", str(status)).inc()
         if status != 200:
