@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import save_tiny_model
 from fincompress.common.loader import (
     EXPORT_VERSION,
     ONNX_INPUTS,
@@ -82,6 +83,8 @@ def test_fp32_export_is_made_once_and_again_when_the_weights_change(teacher):
     assert ensure_onnx_export(teacher).stat().st_mtime_ns == made  # cached: not exported again
     weights = teacher / "model.safetensors"
     later = made + 5_000_000_000
+    other = save_tiny_model(teacher.parent / "other_weights", seed=1)
+    shutil.copyfile(other / "model.safetensors", weights)  # new content (the cache is keyed by it, not by time)
     os.utime(weights, ns=(later, later))
     assert ensure_onnx_export(teacher).stat().st_mtime_ns > made
     assert not list(path.parent.glob(".*tmp*"))  # no temporary export left beside it

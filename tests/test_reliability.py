@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -155,3 +156,25 @@ def test_check_writable_names_the_folder_and_the_shortfall(tmp_path):
         io.check_writable(tmp_path / "file" / "sub")
     with pytest.raises(FinCompressError, match=r"MB free .* needed"):
         io.check_writable(tmp_path, need_bytes=1 << 62)
+
+
+# ----------------------------------------------------------------------------- 3. caches keyed by content
+
+def test_restored_weights_with_an_older_mtime_rebuild_the_onnx_export(trained_root, tmp_path):
+    from conftest import save_tiny_model
+    from fincompress.common.loader import ensure_onnx_export, export_record_path, load_variant
+
+    teacher = tmp_path / "checkpoints" / "teacher"
+    io.shutil.copytree(trained_root / "checkpoints" / "teacher", teacher)
+    texts = ["Operating profit rose to EUR 13.1 mn .", "Shares fell sharply ."]
+    before = load_variant(teacher, runtime="onnxruntime").predict_proba(texts)
+    made = export_record_path(ensure_onnx_export(teacher)).read_text()
+    other = save_tiny_model(tmp_path / "other", seed=7)
+    io.os.utime(other / "model.safetensors", (1_000_000_000, 1_000_000_000))  # older than the export
+    io.shutil.copy2(other / "model.safetensors", teacher / "model.safetensors")  # as `cp -p` restores it
+    assert (teacher / "model.safetensors").stat().st_mtime < ensure_onnx_export(teacher).stat().st_mtime
+    assert export_record_path(ensure_onnx_export(teacher)).read_text() != made  # exported again
+    torch_now = load_variant(teacher, runtime="torch").predict_proba(texts)
+    ort_now = load_variant(teacher, runtime="onnxruntime").predict_proba(texts)
+    np.testing.assert_allclose(ort_now, torch_now, atol=1e-4)
+    assert not np.allclose(ort_now, before, atol=1e-4)

@@ -35,7 +35,7 @@ from transformers import (
 from fincompress.common.data import MAX_LENGTH
 from fincompress.common.hardware import cpu_flags  # noqa: F401  (re-exported: callers read the ISA here)
 from fincompress.common.hub_models import project_order, reorder_classifier_to_project_labels
-from fincompress.common.io import as_user_error, atomic_write, atomic_write_text
+from fincompress.common.io import as_user_error, atomic_write, atomic_write_text, content_digest
 from fincompress.common.onnx_graph import fuse_attention
 from fincompress.common.paths import LABELS, FinCompressError
 from fincompress.common.variants import ONNX_FILE, folder_problem, read_info
@@ -43,6 +43,7 @@ from fincompress.common.variants import ONNX_FILE, folder_problem, read_info
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # What `export_onnx` makes; a cached export with another version (older code) is exported again.
 EXPORT_VERSION = "2"  # 2: attention fused
+EXPORT_SOURCES = ("model.safetensors", "config.json")  # what an FP32 export is made from (its cache key)
 
 
 # ----------------------------------------------------------------------------- loading FP32
@@ -165,15 +166,27 @@ def _file_stamp(path: Path) -> dict:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def export_version(onnx_path: Path) -> str | None:
-    """The EXPORT_VERSION a cached export was made with; None when it has no record (older code) or the
-    file changed since (overwritten, truncated). Reads the small record, never the model itself."""
+def export_record(onnx_path: Path) -> dict | None:
+    """The record of a cached export, or None when it has none (older code) or the export file changed since
+    (overwritten, truncated). Reads the small record, never the model itself."""
     try:
         record = json.loads(export_record_path(onnx_path).read_text(encoding="utf-8"))
         unchanged = record["file"] == _file_stamp(onnx_path)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return record.get("export_version") if unchanged else None
+    return record if unchanged and isinstance(record, dict) else None
+
+
+def export_version(onnx_path: Path) -> str | None:
+    """The EXPORT_VERSION a cached export was made with (None: no valid record, see `export_record`)."""
+    record = export_record(onnx_path)
+    return record.get("export_version") if record else None
+
+
+def export_source_digest(folder: Path) -> str:
+    """What an FP32 export is made from, by content (weights and config): restored weights that keep an
+    older mtime (`cp -p`, `rsync -a`, `tar`) still change it."""
+    return content_digest([Path(folder) / name for name in EXPORT_SOURCES], length=64)
 
 
 # ORT fusions the sessions leave out. SkipLayerNormFusion turns Add + LayerNormalization into the
@@ -325,16 +338,18 @@ def onnx_cache_path(folder: Path) -> Path:
 
 
 def ensure_onnx_export(folder: Path) -> Path:
-    """Export an FP32 variant to ONNX once; re-export if the weights are newer than the export or the
-    export was made by older code (another EXPORT_VERSION)."""
+    """Export an FP32 variant to ONNX once; export again when the sha256 of the weights and config it was made
+    from differs (whatever the mtimes say), or it was made by older code (another EXPORT_VERSION)."""
     folder = Path(folder)
     path = onnx_cache_path(folder)
-    weights = folder / "model.safetensors"
-    if not path.is_file() or path.stat().st_mtime < weights.stat().st_mtime or export_version(path) != EXPORT_VERSION:
+    source = export_source_digest(folder)
+    record = export_record(path) if path.is_file() else None
+    if not record or record.get("export_version") != EXPORT_VERSION or record.get("source") != source:
         model, _ = load_fp32_model(folder)
         export_onnx(model, path)
-        atomic_write_text(export_record_path(path),
-                          json.dumps({"export_version": EXPORT_VERSION, "file": _file_stamp(path)}))
+        atomic_write_text(export_record_path(path), json.dumps(
+            {"export_version": EXPORT_VERSION, "file": _file_stamp(path), "source": source,
+             "source_files": list(EXPORT_SOURCES)}))
     return path
 
 
