@@ -140,3 +140,13 @@ def test_pareto_on_an_extra_set_uses_that_sets_f1_and_an_unknown_set_is_refused(
     assert "pareto_tweets.png" in written and "pareto.png" in written
     with pytest.raises(FinCompressError, match=r"no desk_macro_f1 column \(sets in it: \['tweets'\]\)"):
         plots.main(["--root", str(tmp_path), "--eval-set", "desk"])
+
+
+def test_results_without_timing_draw_what_needs_no_latency(tmp_path, caplog):
+    (tmp_path / "results").mkdir()
+    frame = benchmark_frame().drop(columns="family")
+    frame["cpu_latency_ms_median"] = np.nan  # benchmark --no-timing
+    frame.to_csv(tmp_path / "results" / "benchmark_results.csv", index=False)
+    with caplog.at_level("WARNING"):
+        written = {p.name for p in plots.main(["--root", str(tmp_path)])}
+    assert written == {"delta_f1.png"} and "--no-timing" in caplog.text

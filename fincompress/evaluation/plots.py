@@ -17,6 +17,7 @@ headless (CI, servers, the pipeline) and inside notebooks whatever their backend
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -34,6 +35,7 @@ FAMILY_COLOURS = {"teacher": "#222222", "distillation": "#1f77b4", "quantization
 RUNTIME_MARKERS = {"torch": "o", "onnxruntime": "^", "torch_bf16": "D"}
 DELTA_COLOURS = {"worse": "#d62728", "better": "#2ca02c", "no measurable difference": "#999999"}
 DPI = 130
+log = logging.getLogger("fincompress.plots")
 
 
 def technique_family(model_name: str) -> str:
@@ -312,11 +314,16 @@ def make_all_plots(root: Path, eval_sets: list[str] | None = None) -> list[Path]
     out = results_dir(root) / "plots"
     frame = read_benchmark(root)
     views = {name: on_eval_set(frame, name) for name in eval_sets or []}  # every name checked before drawing
-    written = [plot_pareto(frame, out / "pareto.png")]
-    written += [plot_pareto(view, out / f"pareto_{name}.png", name) for name, view in views.items()]
+    written = []
+    if has_columns(frame, "cpu_latency_ms_median"):
+        written.append(plot_pareto(frame, out / "pareto.png"))
+        written += [plot_pareto(view, out / f"pareto_{name}.png", name) for name, view in views.items()]
+        written.append(plot_size_latency(frame, out / "size_latency.png"))
+    else:
+        log.warning("the results hold no latencies (benchmark --no-timing): the Pareto and size-latency plots "
+                    "are left out; run the benchmark with timing to draw them")
     if has_columns(frame, "delta_f1_vs_teacher", "delta_f1_ci_low", "delta_f1_ci_high"):
         written.append(plot_delta_intervals(frame, out / "delta_f1.png"))
-    written.append(plot_size_latency(frame, out / "size_latency.png"))
     curve_path = results_dir(root) / "pruning_curve.csv"
     if curve_path.is_file():
         written.append(plot_pruning_curve(pd.read_csv(curve_path), out / "pruning_curve.png"))
