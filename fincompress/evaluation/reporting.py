@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fincompress.common import io
 from fincompress.common.io import append_csv_rows, atomic_write_text
 from fincompress.common.metrics import CONFIDENCE
 from fincompress.common.paths import FinCompressError, checkpoints_dir, results_dir
@@ -57,16 +56,7 @@ def library_versions() -> dict:
 
 def check_writable(folder: Path) -> None:
     """Refuse, before any measuring, a results folder that cannot be created or written (one line)."""
-    probe = folder / f".write-probe-{uuid.uuid4().hex[:8]}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise FinCompressError(f"cannot write the results to {folder}: {exc.strerror or exc}; make it writable "
-                               "or pass another --root") from None
-    if not os.access(folder, os.W_OK):
-        raise FinCompressError(f"cannot write the results to {folder}: permission denied")
+    io.check_writable(folder)
 
 
 def variant_provenance(root: Path, names: list[str], fingerprint: str) -> dict:
@@ -127,10 +117,12 @@ def write_results(root: Path, rows: list[dict], throughput: list[dict], metadata
     frame = pd.DataFrame(rows).reindex(columns=result_columns(set_names))
     table = pd.DataFrame(throughput, columns=THROUGHPUT_COLUMNS)
     paths = output_paths(root, stem)
-    atomic_write_text(paths[0], frame.to_csv(index=False))
-    atomic_write_text(paths[2], table.to_csv(index=False))
-    report = {"metadata": metadata, "rows": _records(frame), "throughput": _records(table)}
-    atomic_write_text(paths[1], json.dumps(report, indent=2, allow_nan=False) + "\n")
+    kept = f"the rows measured are kept in {partial_path(root, stem)}"
+    with io.file_system_errors(f"cannot write the results to {paths[0].parent}", unchanged=kept):
+        atomic_write_text(paths[0], frame.to_csv(index=False))
+        atomic_write_text(paths[2], table.to_csv(index=False))
+        report = {"metadata": metadata, "rows": _records(frame), "throughput": _records(table)}
+        atomic_write_text(paths[1], json.dumps(report, indent=2, allow_nan=False) + "\n")
     return paths
 
 
