@@ -178,3 +178,46 @@ def test_restored_weights_with_an_older_mtime_rebuild_the_onnx_export(trained_ro
     ort_now = load_variant(teacher, runtime="onnxruntime").predict_proba(texts)
     np.testing.assert_allclose(ort_now, torch_now, atol=1e-4)
     assert not np.allclose(ort_now, before, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- 4. concurrency
+
+PTQ = [sys.executable, "-m", "fincompress.quantization.ptq", "--recipe", "dynamic"]
+
+
+@pytest.mark.slow
+def test_two_dynamic_quantizations_of_one_source_at_once_both_succeed(work_root):
+    from fincompress.common.loader import ensure_onnx_export, load_variant
+    from fincompress.common.variants import folder_problem
+
+    ensure_onnx_export(work_root / "checkpoints" / "teacher")  # the shared source graph both runs read
+    runs = [subprocess.Popen([*PTQ, "--root", str(work_root), "--output-name", name], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for name in ("int8_a", "int8_b")]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    assert [code for code, _ in results] == [0, 0], results
+    source = sorted(p.name for p in (work_root / "checkpoints" / "teacher").rglob("*"))
+    assert not [name for name in source if "inferred" in name]  # nothing of theirs left in the source folder
+    for name in ("int8_a", "int8_b"):
+        folder = work_root / "checkpoints" / name
+        assert folder_problem(folder) is None
+        assert load_variant(folder).predict_proba(["Shares fell ."]).shape == (1, 3)
+
+
+def test_a_second_writer_of_one_variant_refuses_naming_the_holder(work_root):
+    from fincompress.common.variants import variant_lock
+    from fincompress.quantization import ptq
+
+    lock = variant_lock(work_root / "checkpoints" / "int8_x")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fincompress.common import io; "
+                               "io.acquire_lock(sys.argv[1], 'x'); print('held', flush=True); time.sleep(120)",
+                               str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FinCompressError, match=rf"being written by another run \(pid {holder.pid} on host"):
+            ptq.main(["--root", str(work_root), "--recipe", "dynamic", "--output-name", "int8_x"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (work_root / "checkpoints" / "int8_x").exists()
+    assert io.acquire_lock(lock, "x")  # a killed holder's lock is free again
+    io.release_lock(lock)

@@ -296,3 +296,69 @@ def file_system_errors(what: str, unchanged: str | None = None) -> Iterator[None
         raise  # already one line (some are also OSErrors, e.g. a missing split)
     except OSError as exc:
         raise as_user_error(exc, what, unchanged) from None
+
+
+# ----------------------------------------------------------------------------- locks
+
+_HELD: dict[Path, int] = {}  # lock file -> descriptor this process holds it with (flock is per descriptor)
+
+
+def lock_holder(lock_file: Path) -> str:
+    """Who holds `lock_file`, as its holder recorded it ("pid P on host H")."""
+    try:
+        return Path(lock_file).read_text(encoding="utf-8").strip() or "an unknown process"
+    except OSError:
+        return "an unknown process"
+
+
+def acquire_lock(lock_file: Path, what: str) -> bool:
+    """Take the exclusive lock `lock_file` (fcntl.flock) or refuse in one line naming its holder.
+
+    Returns False when this process already holds it. Held until `release_lock` or the process ends
+    (the kernel drops a dead process's lock, so a killed run never leaves it locked).
+    """
+    import fcntl
+
+    lock_file = _lock_key(lock_file)
+    if lock_file in _HELD:
+        return False
+    with file_system_errors(f"cannot lock {what}"):
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FinCompressError(f"{what} is being written by another run ({lock_holder(lock_file)}, lock "
+                               f"{lock_file}); wait for it to finish, or choose another --output-name") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+    _HELD[lock_file] = fd
+    return True
+
+
+def _lock_key(lock_file: Path) -> Path:
+    # One key per file, however it is named (a root given through a link): flock conflicts between two
+    # descriptors of one process too.
+    lock_file = Path(lock_file)
+    return lock_file.parent.resolve() / lock_file.name
+
+
+def release_lock(lock_file: Path) -> None:
+    import fcntl
+
+    fd = _HELD.pop(_lock_key(lock_file), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@contextmanager
+def locked(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold `lock_file` for the block (a lock this process already holds stays held after it)."""
+    taken = acquire_lock(lock_file, what)
+    try:
+        yield
+    finally:
+        if taken:
+            release_lock(lock_file)

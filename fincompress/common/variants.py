@@ -147,6 +147,8 @@ def prepare_output(root: Path, name: str, *, technique: str, inputs: Sequence[st
         if dest in candidates:
             raise FinCompressError(f"--output-name {name!r} is an input of this stage ({given}): saving would "
                                    "replace the variant it reads; choose another --output-name")
+    # Held until the save (or the process) ends: a second writer of this name refuses, naming this run.
+    io.acquire_lock(variant_lock(folder), f"checkpoints/{name}")
     remove_stale_temporaries(folder)  # first: a variant a killed save had moved aside is back before the checks
     if dest.exists() and not overwrite:
         if not dest.is_dir():
@@ -169,6 +171,12 @@ def prepare_output(root: Path, name: str, *, technique: str, inputs: Sequence[st
 def temporary_folder(dest: Path, kind: str) -> Path:
     """A hidden sibling `.NAME.<kind>-HOST-PID-RANDOM` (kind: tmp = being written, old = being replaced)."""
     return io.private_temporary(dest, kind)
+
+
+def variant_lock(dest: Path) -> Path:
+    """The lock file of variant folder `dest` (`<root>/.cache/locks/`, outside checkpoints/: never listed)."""
+    dest = Path(dest)
+    return dest.parent.parent / ".cache" / "locks" / f"{dest.name}.lock"
 
 
 def is_complete_variant(folder: Path) -> bool:
@@ -229,6 +237,14 @@ def save_variant(dest: Path, write: Callable[[Path], None], info: dict) -> Path:
         raise ValueError(f"checkpoint_info is missing {missing}")
     root = dest.parent.parent
     check_data_unchanged(root, info["data_fingerprint"], dest)
+    io.acquire_lock(variant_lock(dest), f"checkpoints/{dest.name}")  # taken by prepare_output already, usually
+    try:
+        return _save_locked(dest, write, info, root)
+    finally:
+        io.release_lock(variant_lock(dest))
+
+
+def _save_locked(dest: Path, write: Callable[[Path], None], info: dict, root: Path) -> Path:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(dest)

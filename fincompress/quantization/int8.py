@@ -320,8 +320,12 @@ def quantize_dynamic_graph(fp32_path: Path, out_path: Path, recipe: Int8Recipe) 
     if recipe.is_static:
         raise ValueError(f"recipe {recipe.name!r} is a static recipe")
     with tempfile.TemporaryDirectory(prefix="fincompress-q-") as tmp, quiet_logger(""):
+        # ORT writes `<input>-inferred.onnx` beside its input: a private copy keeps that out of the source
+        # variant's folder, where another run quantizing the same source would delete it under this one.
+        private = Path(tmp) / "fp32.onnx"
+        shutil.copyfile(fp32_path, private)
         staged = Path(tmp) / "q.onnx"
-        quantize_dynamic(str(fp32_path), str(staged), weight_type=recipe.ort_weight_type,
+        quantize_dynamic(str(private), str(staged), weight_type=recipe.ort_weight_type,
                          per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
                          extra_options=recipe.ort_extra_options())
         save_onnx(onnx.load(str(staged)), out_path)
