@@ -221,3 +221,63 @@ def test_a_second_writer_of_one_variant_refuses_naming_the_holder(work_root):
     assert not (work_root / "checkpoints" / "int8_x").exists()
     assert io.acquire_lock(lock, "x")  # a killed holder's lock is free again
     io.release_lock(lock)
+
+
+# ----------------------------------------------------------------------------- 5. contracts checked on load
+
+def onnx_variant(trained_root: Path, folder: Path, classes: int, inputs=("input_ids", "attention_mask")) -> Path:
+    """A valid ONNX variant whose graph gives `classes` logits per text (the mean token id, repeated)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    io.shutil.copytree(trained_root / "checkpoints" / "teacher", folder,
+                       ignore=io.shutil.ignore_patterns("model.safetensors", "onnx"))
+    graph = helper.make_graph(
+        [helper.make_node("Cast", [inputs[0]], ["as_float"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceMean", ["as_float"], ["mean"], axes=[1], keepdims=1),
+         helper.make_node("Concat", ["mean"] * classes, ["logits"], axis=1)],
+        "contract", [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in inputs],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])])
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(folder / "model.onnx"))
+    info = json.loads((folder / "checkpoint_info.json").read_text())
+    (folder / "checkpoint_info.json").write_text(json.dumps({**info, "format": "onnx", "model_name": folder.name}))
+    return folder
+
+
+def test_a_valid_onnx_model_with_two_classes_is_refused_on_load(trained_root, tmp_path):
+    from fincompress.common.loader import load_variant
+
+    good = onnx_variant(trained_root, tmp_path / "checkpoints" / "three", 3)
+    assert load_variant(good).predict_proba(["Shares fell ."]).shape == (1, 3)  # the same graph, 3 classes: loads
+    bad = onnx_variant(trained_root, tmp_path / "checkpoints" / "two", 2)
+    with pytest.raises(FinCompressError, match=r"variant two: its outputs have shape \(batch, 2\), not \(batch, 3\)"
+                       ) as caught:
+        load_variant(bad)
+    assert len(str(caught.value).splitlines()) == 1
+    renamed = onnx_variant(trained_root, tmp_path / "checkpoints" / "renamed", 3, inputs=("ids", "attention_mask"))
+    with pytest.raises(FinCompressError, match=r"its ONNX inputs are \['ids', 'attention_mask'\]"):
+        load_variant(renamed)
+
+
+def test_a_null_provenance_field_is_a_problem_not_a_pass(trained_root, tmp_path):
+    from fincompress.common.loader import load_variant
+    from fincompress.common.variants import folder_problem
+
+    folder = tmp_path / "checkpoints" / "teacher"
+    io.shutil.copytree(trained_root / "checkpoints" / "teacher", folder)
+    assert folder_problem(folder) is None
+    info = json.loads((folder / "checkpoint_info.json").read_text())
+    (folder / "checkpoint_info.json").write_text(json.dumps({**info, "data_fingerprint": None}))
+    assert "data_fingerprint as null" in folder_problem(folder)
+    with pytest.raises(FinCompressError, match="data_fingerprint as null"):
+        load_variant(folder)
+
+
+def test_variants_made_by_the_stages_keep_loading():
+    from fincompress.common.variants import folder_problem, list_variants
+
+    study = Path("/work/study/checkpoints")
+    names = list_variants(study) if study.is_dir() else []
+    if not names:
+        pytest.skip("no study variants on this machine")
+    assert {name: folder_problem(study / name) for name in names} == dict.fromkeys(names)

@@ -323,6 +323,8 @@ class OnnxPredictor(Predictor):
         self.onnx_path = Path(onnx_path)
         self.session = onnx_session(onnx_path, threads, spinning, profile_prefix=profile_prefix)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        dims = self.session.get_outputs()[0].shape
+        self.declared_classes = dims[-1] if dims else None  # an int when the graph states it (else a name)
         config_path = Path(folder) / "config.json"
         order = project_order(AutoConfig.from_pretrained(folder)) if config_path.is_file() else None
         self.order = order if order and order != list(range(len(LABELS))) else None
@@ -381,8 +383,31 @@ def load_variant(path: str | os.PathLike, runtime: str | None = None, threads: i
     if runtime not in runtimes:
         raise FinCompressError(f"{folder.name} ({info.get('format')}) cannot run in {runtime}; it runs in {runtimes}")
     if runtime == "torch":
-        return TorchPredictor(folder, info)
+        return check_contract(TorchPredictor(folder, info))
     onnx_path = folder / ONNX_FILE if info.get("format") == "onnx" else ensure_onnx_export(folder)
     if not onnx_path.is_file():
         raise FinCompressError(f"{folder}: {ONNX_FILE} is missing; re-create the variant")
-    return OnnxPredictor(folder, info, onnx_path, threads, spinning=ort_spinning, profile_prefix=ort_profile_prefix)
+    return check_contract(OnnxPredictor(folder, info, onnx_path, threads, spinning=ort_spinning,
+                                        profile_prefix=ort_profile_prefix))
+
+
+CONTRACT_PROBE = "Operating profit rose ."  # one short text every variant must score as len(LABELS) logits
+
+
+def check_contract(predictor: Predictor) -> Predictor:
+    """Refuse (one line) a variant that loads but breaks the contract: ONNX inputs other than ONNX_INPUTS (or
+    no input_ids), or outputs that are not one row of len(LABELS) logits (project order) per text."""
+    name = predictor.name
+    inputs = getattr(predictor, "input_names", None)
+    if inputs is not None and ("input_ids" not in inputs or set(inputs) - set(ONNX_INPUTS)):
+        raise FinCompressError(f"variant {name}: its ONNX inputs are {inputs}, not (a subset with input_ids of) "
+                               f"{list(ONNX_INPUTS)}; re-create the variant")
+    declared = getattr(predictor, "declared_classes", None)
+    logits = predictor.logits(predictor.encode([CONTRACT_PROBE, CONTRACT_PROBE + " Shares fell ."]))
+    shape = (2, declared) if isinstance(declared, int) and declared != len(LABELS) else np.shape(logits)
+    if len(shape) != 2 or shape != (2, len(LABELS)):
+        shown = "(batch, " + ", ".join(str(d) for d in shape[1:]) + ")"
+        raise FinCompressError(f"variant {name}: its outputs have shape {shown}, not (batch, {len(LABELS)}): the "
+                               f"contract is {len(LABELS)} classes ({', '.join(LABELS)}) in that order; "
+                               "re-create the variant")
+    return predictor

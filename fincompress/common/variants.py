@@ -51,6 +51,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".data", ".pt")
 INFO_FIELDS = ("model_name", "technique", "source_checkpoint", "val_macro_f1", "num_parameters",
                "size_mb", "hyperparameters", "data_fingerprint", "created_at")
 FILLED_BY_SAVE = ("size_mb", "created_at")
+# Provenance every stage has always recorded with a value (null is a gap, not a pass). source_checkpoint
+# and val_macro_f1 may be null (a model made from nothing; a metric a stage could not measure).
+PROVENANCE_FIELDS = ("model_name", "technique", "data_fingerprint", "created_at", "num_parameters", "size_mb")
 VOCABULARY_FILES = ("tokenizer.json", "vocab.txt")  # a fast or a slow tokenizer's vocabulary
 
 # A variant name: letters, digits and _ - . @ (e.g. `student_intermediate_kd_dynamic_int8`, `pruned_30pct`,
@@ -352,6 +355,9 @@ def folder_problem(folder: Path) -> str | None:
     missing = [f for f in INFO_FIELDS if f not in info]
     if missing:
         return f"{folder / INFO_FILE} lacks {', '.join(missing)}: re-create the variant"
+    empty = [f for f in PROVENANCE_FIELDS if info.get(f) is None]
+    if empty:
+        return f"{folder / INFO_FILE} records {', '.join(empty)} as null: re-create the variant"
     onnx = info.get("format") == "onnx"
     weights = folder / (ONNX_FILE if onnx else "model.safetensors")
     if not weights.is_file():
