@@ -49,6 +49,16 @@ SEEDS_FOLDER = "seeds"
 BUDGET_KEYS = ("max_steps", "batch_size", "sample_fraction", "calibration_samples", "observer_warmup_steps",
                "rounds", "curve_targets", "max_val_samples", "num_runs", "warmup", "throughput_runs",
                "max_test_samples", "transfer_size", "batch_sizes", "thread_counts", "bootstrap_resamples")
+# Study settings: every preset file names each one its stage has (tests/test_presets.py checks), so no
+# study value comes silently from the code. The code's own defaults are only for running a stage by hand.
+STUDY_SETTINGS = ("epochs", "lr", "patience", "batch_size", "weight_decay", "warmup_fraction", "grad_clip", "seed",
+                  "eval_batch_size", "temperature", "alpha", "student_layers", "student_hidden", "student_heads",
+                  "student_ffn", "student_init", "init_layer_map", "transfer_set", "layer_map", "intermediate_epochs",
+                  "target", "rounds", "importance", "ffn_prune", "calibration_samples", "observer_warmup_steps",
+                  "agreement", "model")
+# Settings every preset gives the same value for a stage (presets differ in budget, data and model only).
+SHARED_SETTINGS = ("weight_decay", "warmup_fraction", "grad_clip", "seed", "eval_batch_size", "temperature",
+                   "alpha", "importance", "agreement")
 
 
 def variant(name: str) -> str:
@@ -129,6 +139,12 @@ def quick_args(preset: str, stage: str) -> list[str]:
             for token in (f"--{key.replace('_', '-')}", str(smoke[key]))]
 
 
+def output_args(spec: Stage) -> list[str]:
+    """`--output-name` of a stage that makes one variant: its folder is the stage's name, never derived
+    by the stage from another flag (e.g. pruning's --target)."""
+    return ["--output-name", spec.name] if spec.outputs == [variant(spec.name)] else []
+
+
 def override_args(stage: str, preset: str, model: str | None, data_dir: Path | None, quick: bool) -> list[str]:
     """Flags the pipeline's own options add to a stage's config (the command line wins over the file)."""
     args = quick_args(preset, stage) if quick else []
@@ -154,7 +170,7 @@ def build_stages(preset: str, model: str | None = None, data_dir: Path | None = 
         path = config_path(preset, spec.name)
         stages.append(Stage(spec.name, spec.module, list(spec.inputs), list(spec.outputs), spec.seeded,
                             path if path.is_file() else None,
-                            override_args(spec.name, preset, model, data_dir, quick)))
+                            output_args(spec) + override_args(spec.name, preset, model, data_dir, quick)))
     return stages
 
 

@@ -126,10 +126,10 @@ def test_seed_runs_need_the_canonical_teacher(tmp_path):
 
 def test_quick_takes_only_budget_settings_from_the_smoke_preset():
     stages = {s.name: s for s in pipeline.build_stages("finbert", quick=True)}
-    assert stages["teacher"].args == ["--max-steps", "3", "--batch-size", "16"]
+    assert stages["teacher"].args == ["--output-name", "teacher", "--max-steps", "3", "--batch-size", "16"]
     assert stages["data"].args == ["--sample-fraction", "0.1"]  # the Hub source of the preset is kept
     full = {s.name: s for s in pipeline.build_stages("finbert")}
-    assert all(not s.args for s in full.values())
+    assert all(s.args == pipeline.output_args(s) for s in full.values())  # only the folder name is added
 
 
 @pytest.mark.slow

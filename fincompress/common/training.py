@@ -38,11 +38,15 @@ from fincompress.common.paths import logs_dir
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 KEEP_CHOICES = ("best", "last")
+EVAL_BATCH_SIZE = 64  # no gradients: evaluation and teacher logits afford larger batches than training
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings shared by every training stage (each stage sets its defaults)."""
+    """Optimisation settings shared by every training stage: the one home of their code defaults.
+
+    A stage overrides only what its recipe needs (e.g. `TrainConfig(epochs=8, lr=1e-4)`); the study's
+    values live in configs/<preset>/<stage>.json."""
 
     epochs: int = 3
     max_steps: int | None = None  # stop after this many optimiser steps (smoke runs, tests)
@@ -113,6 +117,12 @@ def add_train_arguments(parser, defaults: TrainConfig) -> None:
                         help="train every epoch (or --max-steps) whatever the validation curve does")
     parser.add_argument("--seed", type=cli.non_negative_int, default=defaults.seed,
                         help="random seed (data order, dropout, new weights)")
+
+
+def add_eval_batch_argument(parser) -> None:
+    """`--eval-batch-size`: the batch size of every no-gradient pass (evaluation, teacher logits)."""
+    parser.add_argument("--eval-batch-size", type=cli.positive_int, default=EVAL_BATCH_SIZE,
+                        help="batch size for evaluation and teacher logits (default %(default)s)")
 
 
 def train_config_from_args(args) -> TrainConfig:

@@ -47,8 +47,7 @@ from fincompress.distillation.student_architecture import layer_map
 
 CONFIG = {"temperature": 4.0, "alpha": 0.7, "layer_map": "uniform", "intermediate_epochs": 4,
           "weights": {"embedding": 1.0, "hidden": 1.0, "attention": 1.0, "prediction": 1.0}}
-DEFAULTS = TrainConfig(epochs=8, batch_size=32, lr=1e-4, weight_decay=0.01, warmup_fraction=0.1,
-                       grad_clip=1.0, patience=3, seed=42)
+DEFAULTS = TrainConfig(epochs=8, lr=1e-4, patience=3)
 TECHNIQUE = "intermediate-layer knowledge distillation (TinyBERT: embeddings, hidden states, attention, logits)"
 
 

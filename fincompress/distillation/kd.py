@@ -38,6 +38,7 @@ from fincompress.common.training import (
     FitResult,
     LossFn,
     TrainConfig,
+    add_eval_batch_argument,
     add_train_arguments,
     describe,
     evaluate_model,
@@ -172,8 +173,7 @@ def add_kd_arguments(parser: argparse.ArgumentParser, *, output_name: str, kd_de
     parser.add_argument("--shared-data", type=Path, default=None,
                         help="folder holding financial_phrasebank/ and twitter_financial_news/ for the named "
                         "transfer sets (default: the study's assets, see `python -m fincompress.assets`)")
-    parser.add_argument("--eval-batch-size", type=cli.positive_int, default=64,
-                        help="batch size for teacher logits and evaluation (default %(default)s)")
+    add_eval_batch_argument(parser)
     parser.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
     add_train_arguments(parser, train_defaults)
 

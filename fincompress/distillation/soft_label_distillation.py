@@ -28,8 +28,7 @@ from fincompress.distillation.kd import add_kd_arguments, finish_run, prepare_ru
 # Hinton's T = 4; alpha weighs the soft targets. Students train longer than a
 # fine-tuned teacher and at a higher rate (small models, fewer updates per example matter more).
 CONFIG = {"temperature": 4.0, "alpha": 0.7}
-DEFAULTS = TrainConfig(epochs=8, batch_size=32, lr=1e-4, weight_decay=0.01, warmup_fraction=0.1,
-                       grad_clip=1.0, patience=3, seed=42)
+DEFAULTS = TrainConfig(epochs=8, lr=1e-4, patience=3)
 TECHNIQUE = "soft-label knowledge distillation (Hinton 2015)"
 
 

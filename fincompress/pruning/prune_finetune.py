@@ -54,6 +54,7 @@ from fincompress.common.training import (
     LossFn,
     RunLog,
     TrainConfig,
+    add_eval_batch_argument,
     add_train_arguments,
     cross_entropy_loss,
     describe,
@@ -97,11 +98,9 @@ CONFIG = {
     "temperature": 2.0,      # KD softmax temperature
     "alpha": 0.5,            # KD weight: loss = alpha * T^2 * KL + (1 - alpha) * CE
     "score_batches": None,   # validation batches used for importance (None: all)
-    "eval_batch_size": 64,
 }
 # Recovery fine-tuning per round (MiniLM teacher was fine-tuned at 5e-5).
-DEFAULTS = TrainConfig(epochs=1, batch_size=32, lr=5e-5, weight_decay=0.01, warmup_fraction=0.1,
-                       grad_clip=1.0, patience=1, seed=42)
+DEFAULTS = TrainConfig(epochs=1, lr=5e-5, patience=1)
 TECHNIQUE = "structured pruning"  # the recorded technique adds the details after a colon
 CURVE_FILE = "pruning_curve.csv"
 CURVE_COLUMNS = ["run", "source", "importance", "distill", "round", "heads_removed_fraction", "heads_remaining",
@@ -148,8 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="validation batches used to score importance (default: all)")
     parser.add_argument("--max-val-samples", type=cli.positive_int, default=None,
                         help="use only the first N validation rows for scoring and evaluation (smoke runs)")
-    parser.add_argument("--eval-batch-size", type=cli.positive_int, default=CONFIG["eval_batch_size"],
-                        help="batch size for scoring and evaluation")
+    add_eval_batch_argument(parser)
     parser.add_argument("--curve-targets", type=fraction_list, default=None,
                         help="curve mode: comma-separated increasing head fractions (e.g. 0.1,0.2,...,0.9); "
                         "records val macro F1 at each, writes no variant; --output-name names the run")

@@ -38,6 +38,7 @@ from fincompress.common.loader import export_onnx, load_fp32_model
 from fincompress.common.paths import FinCompressError, add_root_argument, project_root
 from fincompress.common.training import (
     TrainConfig,
+    add_eval_batch_argument,
     add_train_arguments,
     describe,
     fit,
@@ -67,12 +68,11 @@ log = logging.getLogger("fincompress.qat")
 
 # QAT fine-tunes an already trained model: at a small learning rate, for at least one full epoch
 # (two by default) so every training sentence is seen under the frozen activation grids.
-DEFAULTS = TrainConfig(epochs=2, batch_size=32, lr=1e-5, weight_decay=0.01, warmup_fraction=0.1,
-                       grad_clip=1.0, patience=1, seed=42)
+DEFAULTS = TrainConfig(epochs=2, lr=1e-5, patience=1)
 CONFIG = {"observer_warmup_steps": 50, "observer_averaging_constant": 0.01,
           # With learned ranges ORT's calibration pass still runs (its API needs data) but every
           # quantized range is overridden, so a handful of sentences is enough.
-          "calibration_samples": 16, "eval_batch_size": 64}
+          "calibration_samples": 16}
 STATIC_RECIPES = [name for name, recipe in RECIPES.items() if recipe.is_static]
 
 
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="calibrate activation ranges on --calibration-samples sentences at conversion "
                         "instead of using the ranges QAT learned")
     parser.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
+    add_eval_batch_argument(parser)
     add_train_arguments(parser, DEFAULTS)
     return parser
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     linears, embeddings = modules_to_fake_quantize(model, groups)
     prepare_qat(model, linears, embeddings, recipe, CONFIG["observer_averaging_constant"])
     train = split_loader(root, "train", tokenizer, batch_size=config.batch_size, shuffle=True, seed=config.seed)
-    val = split_loader(root, "val", tokenizer, batch_size=CONFIG["eval_batch_size"])
+    val = split_loader(root, "val", tokenizer, batch_size=args.eval_batch_size)
     freeze_at = observer_freeze_step(args.observer_warmup_steps,
                                      planned_steps(config, len(train), accelerator.num_processes))
     result = fit(model, train, val, config, root=root, run_name=name, accelerator=accelerator,

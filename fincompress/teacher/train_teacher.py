@@ -32,6 +32,7 @@ from fincompress.common.paths import FinCompressError, add_root_argument, projec
 from fincompress.common.raw_data import normalise_text
 from fincompress.common.training import (
     TrainConfig,
+    add_eval_batch_argument,
     add_train_arguments,
     describe,
     evaluate_model,
@@ -45,11 +46,9 @@ log = logging.getLogger("fincompress.train_teacher")
 
 DEFAULT_MODEL = "ProsusAI/finbert"
 # FinBERT fine-tuning settings (Araci 2019 use lr 2e-5, batch 32, max length 128 (ours: dynamic padding)).
-DEFAULTS = TrainConfig(epochs=4, batch_size=32, lr=2e-5, weight_decay=0.01, warmup_fraction=0.1,
-                       grad_clip=1.0, patience=2, seed=42)
+DEFAULTS = TrainConfig(epochs=4, lr=2e-5)
 DEFAULT_OUTPUT = "teacher"
 TECHNIQUE = "fine-tuned teacher"
-EVAL_BATCH_SIZE = 64
 
 
 def read_disjoint_splits(root: Path) -> dict[str, pd.DataFrame]:
@@ -94,8 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="build --model from its config with random weights (FinBERT-shape timing runs: "
                         "../shared/models/finbert-shape)")
     add_output_arguments(parser, DEFAULT_OUTPUT)
-    parser.add_argument("--eval-batch-size", type=cli.positive_int, default=EVAL_BATCH_SIZE,
-                        help="batch size for val/test evaluation (default %(default)s)")
+    add_eval_batch_argument(parser)
     parser.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
     add_train_arguments(parser, DEFAULTS)
     return parser
