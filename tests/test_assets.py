@@ -64,6 +64,8 @@ def toy_asset(monkeypatch):
 # ----------------------------------------------------------------------------- search order
 
 def test_search_order_is_assets_variable_then_shared_then_cache(isolated, monkeypatch):
+    for name in list(assets.ASSETS["data/fiqa_2018"].checksums):  # stand-in files: only the order is tested here
+        monkeypatch.delitem(assets.ASSETS["data/fiqa_2018"].checksums, name)
     layout = {name: b"{}" for name in FIQA_JSON}
     for where in ("mine", "shared", "cache"):
         put(isolated / where / "data" / "fiqa_2018", layout)

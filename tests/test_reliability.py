@@ -281,3 +281,45 @@ def test_variants_made_by_the_stages_keep_loading():
     if not names:
         pytest.skip("no study variants on this machine")
     assert {name: folder_problem(study / name) for name in names} == dict.fromkeys(names)
+
+
+# ----------------------------------------------------------------------------- 6. input that cannot be seen
+
+def test_invisible_characters_are_removed_and_invisible_only_texts_refused(tmp_path):
+    from fincompress.common.raw_data import normalise_text, parse_labelled_csv
+
+    assert normalise_text("\ufeffProfit\u200b rose\x07\tsharply\u00ad .") == "Profit rose sharply ."
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nProfit rose,positive\n\u200b\u200d\ufeff,negative\n", encoding="utf-8")
+    with pytest.raises(FinCompressError, match=r"1 row\(s\) with an empty text \(first at line 3\)"):
+        parse_labelled_csv(bad)
+
+
+@pytest.mark.parametrize("header, named", [("text,sentence,label", r"\['text', 'sentence'\] could each be the text"),
+                                           ("text,label,text", r"\['text'\] appear more than once")])
+def test_a_csv_with_ambiguous_columns_is_refused_naming_them(tmp_path, header, named):
+    from fincompress.common.raw_data import parse_labelled_csv
+
+    path = tmp_path / "ambiguous.csv"
+    fields = len(header.split(","))
+    path.write_text(f"{header}\n" + ",".join(["Profit rose", "positive", "x"][:fields]) + "\n", encoding="utf-8")
+    with pytest.raises(FinCompressError, match=named):
+        parse_labelled_csv(path)
+
+
+def test_a_known_release_is_checked_against_its_checksum_when_used(tmp_path, monkeypatch):
+    from fincompress.common import assets
+
+    asset = assets.ASSETS["data/fiqa_2018"] if "data/fiqa_2018" in assets.ASSETS else next(
+        a for a in assets.ASSETS.values() if a.checksums)
+    name = next(iter(asset.checksums))
+    copy = tmp_path / "assets" / asset.name
+    copy.mkdir(parents=True)
+    for layout_name in asset.layouts[0]:
+        (copy / layout_name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / layout_name).write_bytes(b"not the release")
+    (copy / name).parent.mkdir(parents=True, exist_ok=True)
+    (copy / name).write_bytes(b"not the release")
+    monkeypatch.setattr(assets, "search_folders", lambda: [("test", tmp_path / "assets")])
+    with pytest.raises(FinCompressError, match="is not the reference"):
+        assets.asset_file(asset.name, download=False)

@@ -228,6 +228,10 @@ def asset_file(relative: str, download: bool = True) -> Path:
     relative = _clean_relative(relative)
     found = locate(relative)
     if found is not None:
+        asset = asset_for(relative)
+        if asset is not None:  # verified when used, not only when fetched: a swapped or damaged copy is refused
+            search_folder = found[1].parents[len(PurePosixPath(relative).parts) - 1]
+            verify_in_use(asset, search_folder / asset.name)
         return found[1]
     asset = asset_for(relative)
     searched = ", ".join(f"{label} {folder}" for label, folder in search_folders())
@@ -282,6 +286,21 @@ def verify(asset: Asset, folder: Path) -> dict[str, dict]:
     if asset.check is not None:
         asset.check(folder)
     return files
+
+
+_VERIFIED: dict[Path, tuple] = {}  # asset folder -> the file stamps it was verified with (once per process)
+
+
+def verify_in_use(asset: Asset, folder: Path) -> None:
+    """`verify` a found copy of `asset` against its reference sha256 (again only when a file of it changed)."""
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        return
+    stamps = tuple(sorted((str(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                          for p in folder.rglob("*") if p.is_file() and (st := p.stat())))
+    if _VERIFIED.get(folder) != stamps:
+        verify(asset, folder)
+        _VERIFIED[folder] = stamps
 
 
 def download_asset(asset: Asset) -> Path:

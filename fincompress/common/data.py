@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from fincompress.common.paths import LABELS, FinCompressError, data_dir
+from fincompress.common.raw_data import normalise_text
 
 SPLITS = ("train", "val", "test")
 DATASET_INFO = "dataset_info.json"
@@ -54,7 +55,7 @@ def read_split(root: Path, split: str) -> pd.DataFrame:
             f"{path}, line {row + 2}: label {frame['label'][row]!r} is not one of 0, 1, 2 "
             f"({', '.join(f'{i} {n}' for i, n in enumerate(LABELS))})"
         )
-    empty = frame.index[frame["text"].astype(str).str.strip() == ""]
+    empty = frame.index[frame["text"].astype(str).map(normalise_text) == ""]  # invisible-only counts as empty
     if len(empty):
         raise FinCompressError(f"{path}, line {int(empty[0]) + 2}: empty text")
     frame["label"] = labels.astype(int)

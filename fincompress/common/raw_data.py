@@ -19,6 +19,7 @@ import io
 import json
 import math
 import re
+import unicodedata
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -51,11 +52,32 @@ HUB_FIQA = {
         "test": "data/test-00000-of-00001-0fb9f3a47c7d0fce.parquet",
     },
 }
+INVISIBLE_CATEGORIES = ("Cc", "Cf")  # control characters; format characters (zero-width, BOM, bidi marks)
 FIQA_PARQUET_COLUMNS = ("_id", "sentence", "target", "aspect", "score", "type")
 
 
 def normalise_text(text: str) -> str:
-    return re.sub(r"\s+", " ", str(text)).strip()
+    """Whitespace collapsed to single spaces; control and invisible format characters (zero-width spaces and
+    joiners, BOM, soft hyphen, bidi marks) removed: what no reader can see is not part of the text."""
+    text = "".join(" " if ch.isspace() else "" if unicodedata.category(ch) in INVISIBLE_CATEGORIES else ch
+                   for ch in str(text))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+# Column names that hold a text in the CSVs people bring: two of them in one file make the text ambiguous.
+TEXT_COLUMN_NAMES = ("text", "sentence", "sentences", "tweet", "content", "headline", "body", "review")
+
+
+def check_columns(path: Path, header: list[str]) -> None:
+    """Refuse a header with duplicate names or several columns that could be the text, naming them."""
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise FinCompressError(f"{path}, line 1: column(s) {duplicates} appear more than once in the header "
+                               f"{header}; rename or remove the copies")
+    texts = [name for name in header if name in TEXT_COLUMN_NAMES]
+    if len(texts) > 1:
+        raise FinCompressError(f"{path}, line 1: columns {texts} could each be the text; keep only the `text` "
+                               "column (rename or remove the others)")
 
 
 def score_to_label(score: float, threshold: float = FIQA_THRESHOLD) -> int:
@@ -319,7 +341,8 @@ def parse_labelled_csv(path: Path, source: str = "csv") -> pd.DataFrame:
         raise FinCompressError(f"{path}: empty file; expected a header `text,label` and one row per text")
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        header = [h.strip().lower() for h in next(reader)]
+        header = [normalise_text(h).lower() for h in next(reader)]
+        check_columns(path, header)
         missing = [c for c in ("text", "label") if c not in header]
         if missing:
             other = next((f" (it looks {name}-separated: use commas)" for sep, name in ((";", "semicolon"),
@@ -342,7 +365,7 @@ def parse_labelled_csv(path: Path, source: str = "csv") -> pd.DataFrame:
                                        f"{', '.join(LABELS)} (any case) or 0, 1, 2 "
                                        f"({', '.join(f'{i} {n}' for i, n in enumerate(LABELS))}); map your labels "
                                        f"to these first")
-            if not fields[text_at].strip():
+            if not normalise_text(fields[text_at]):  # empty, or only invisible characters
                 empty_lines.append(start)
                 continue
             rows.append({"text": fields[text_at], "label": label, "source": source})
