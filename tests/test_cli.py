@@ -109,3 +109,13 @@ def test_every_preset_config_names_real_flags_of_its_stage(preset, monkeypatch):
         parser.parse_known_args(argv)  # values of the right type, else SystemExit
         unknown = parser.parse_known_args(argv)[1]
         assert not unknown, (stage.name, unknown)
+
+
+def test_ci_script_has_no_check_that_cannot_fail():
+    """`.ci/run` runs under `set -e`: a check followed by `|| true` could never fail CI."""
+    from fincompress.common.paths import REPO_ROOT
+
+    script = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "set -euo pipefail" in script
+    assert "python -m pip check" in script
+    assert "|| true" not in script

@@ -214,3 +214,24 @@ def test_a_variant_failing_on_an_input_is_reported_not_raised(two_variant_root):
     notice, rows = side_by_side.predict_table(SENTENCE)
     assert [row[0] for row in rows] == ["teacher"]
     assert "`teacher_copy` could not predict this input (RuntimeError: onnxruntime: bad input)" in notice
+
+
+def test_predict_one_shows_the_calibrated_probabilities_of_the_loader():
+    """The demo's probabilities are the loader's: a variant's calibration temperature is applied."""
+    from fincompress.common.loader import Predictor
+
+    class Fixed(Predictor):
+        def __init__(self, temperature):
+            self.name, self.info, self.runtime, self.temperature = "v", {"technique": "t"}, "torch", temperature
+
+        def encode(self, texts):
+            return {}
+
+        def logits(self, encoded):
+            return np.array([[2.0, 0.0, -1.0]], dtype=np.float32)
+
+    plain = demo.predict_one(Fixed(1.0), SENTENCE).probabilities
+    calibrated = demo.predict_one(Fixed(3.0), SENTENCE).probabilities
+    assert sum(plain) == pytest.approx(1.0) and sum(calibrated) == pytest.approx(1.0)
+    assert calibrated[0] < plain[0]  # a temperature > 1 softens the top class
+    assert calibrated == pytest.approx(Fixed(3.0).probabilities(np.array([[2.0, 0.0, -1.0]]))[0].tolist())

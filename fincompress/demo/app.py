@@ -31,7 +31,6 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 import torch
-from scipy.special import softmax
 
 from fincompress.common import cli
 from fincompress.common.data import read_split
@@ -149,7 +148,7 @@ def predict_one(predictor: Predictor, text: str) -> Prediction:
     logits = predictor.logits(encoded)
     latency_ms = (time.perf_counter() - start) * 1000.0
     return Prediction(predictor.name, str(predictor.info.get("technique", "")), predictor.runtime,
-                      softmax(logits[0].astype("float64")).tolist(), latency_ms)
+                      predictor.probabilities(logits)[0].astype("float64").tolist(), latency_ms)
 
 
 def agreement(prediction: Prediction, teacher: Prediction | None) -> str:
