@@ -143,3 +143,19 @@ def test_notebook_runs_headless_on_the_smoke_preset(path, smoke_root, monkeypatc
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any(o.get("output_type") in ("execute_result", "display_data") for o in outputs)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_on_colab_without_a_repository_url_says_what_to_set(path, tmp_path, monkeypatch):
+    """No placeholder clone URL: on Colab the set-up cell asks for FINCOMPRESS_REPO_URL before cloning."""
+    import types
+
+    setup = next("".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+                 if c["cell_type"] == "code" and "REPO_URL" in "".join(c["source"]))
+    assert "YOUR-ORG" not in setup
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FINCOMPRESS_REPO_URL", raising=False)
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    with pytest.raises(RuntimeError, match="FINCOMPRESS_REPO_URL"):
+        exec(compile(setup, str(path), "exec"), {})
+    assert not (tmp_path / "fincompress").exists()  # nothing was cloned
