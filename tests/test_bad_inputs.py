@@ -12,6 +12,7 @@ Roots: "trained" = small real data + a tiny teacher; "data" = the small data onl
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import json
@@ -294,6 +295,68 @@ def results_csv(content: str) -> Callable:
     return setup
 
 
+def labelled_csv(header: str, rows: list[str]) -> Callable:
+    """inputs/data.csv: a user's labelled CSV with `header` and 30 good rows per class, then `rows`."""
+    def setup(root: Path, inputs: Path) -> None:
+        good = [f"Company {i} reports {word} results .,{label}" for i in range(30)
+                for word, label in (("weak", "negative"), ("flat", "neutral"), ("strong", "positive"))]
+        if header.split(",")[1:2] == ["sentence"]:
+            good = [f"{text},{text},{label}" for text, label in (row.rsplit(",", 1) for row in good)]
+        (inputs / "data.csv").write_text("\n".join([header, *good, *rows]) + "\n", encoding="utf-8")
+
+    return setup
+
+
+def two_class_onnx(name: str = "two_classes") -> Callable:
+    """A valid ONNX variant whose graph gives 2 logits per text: it loads and runs, but breaks the contract."""
+    def setup(root: Path, inputs: Path) -> None:
+        import onnx
+        from onnx import TensorProto, helper
+
+        folder = root / "checkpoints" / name
+        shutil.copytree(root / "checkpoints" / "teacher", folder, ignore=shutil.ignore_patterns("*.safetensors"))
+        graph = helper.make_graph(
+            [helper.make_node("Cast", ["input_ids"], ["as_float"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["as_float"], ["mean"], axes=[1], keepdims=1),
+             helper.make_node("Concat", ["mean", "mean"], ["logits"], axis=1)], "two",
+            [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])])
+        onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+                        str(folder / "model.onnx"))
+        info = json.loads((folder / "checkpoint_info.json").read_text())
+        (folder / "checkpoint_info.json").write_text(json.dumps({**info, "format": "onnx", "model_name": name}))
+
+    return setup
+
+
+def fail_after_first_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up after the first new split file is written."""
+    to_csv, calls = pd.DataFrame.to_csv, []
+
+    def write(self, path=None, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return to_csv(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", write)
+
+
+def little_free_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fincompress.common import io
+
+    usage = io.shutil.disk_usage
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda path: usage(path)._replace(free=1000))
+
+
+def data_unchanged(root: Path) -> None:
+    """The previous complete data set is what readers see."""
+    info = json.loads((root / "data" / DATASET_INFO).read_text()) if (root / "data" / DATASET_INFO).is_file() else {}
+    if "fingerprint" in info:
+        assert compute_fingerprint([root / "data" / f"{s}.csv" for s in SPLITS]) == info["fingerprint"]
+    assert not [p for p in root.iterdir() if p.name.startswith(".data.")]
+
+
 TINY_MODEL: dict[str, Path] = {}  # filled by the `tiny_model` fixture (setups run inside tests)
 
 
@@ -309,9 +372,24 @@ class Case:
     root: str = "trained"
     setup: Callable[[Path, Path], None] | None = None
     check: Callable[[Path], None] | None = None  # exit-0 rows (handled correctly): what must hold afterwards
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None  # a failure of the machine (full disk), simulated
 
+
+CSV = ("--source", "csv", "--data-file", "{inputs}/data.csv")
 
 CASES = [
+    # --- the classes of issue 22: a mixed data set, file-system errors, contracts, invisible input
+    Case("prepare: disk full after the first split file", PREPARE, CSV, "still holds the previous complete set",
+         root="data", setup=labelled_csv("text,label", []), patch=fail_after_first_split, check=data_unchanged),
+    Case("ptq: too little free space for the variant", PTQ, ("--recipe", "dynamic"), "MB free",
+         patch=little_free_space),
+    Case("benchmark: valid ONNX variant with 2 classes", BENCHMARK,
+         ("--variants", "two_classes", "--runtimes", "onnxruntime", "--no-timing", "--no-reliability-plots"),
+         "shape (batch, 2)", setup=two_class_onnx()),
+    Case("prepare: CSV with text and sentence columns", PREPARE, CSV, "could each be the text", root="empty",
+         setup=labelled_csv("text,sentence,label", [])),
+    Case("prepare: CSV text of zero-width characters only", PREPARE, CSV, "empty text", root="empty",
+         setup=labelled_csv("text,label", ["\u200b\u200d\ufeff,positive"])),
     # --- data preparation: silent wrong data and tracebacks
     Case("prepare: empty Sentences_AllAgree", PREPARE, LOCAL, "empty", root="empty",
          setup=local_release(phrasebank=b"")),
@@ -713,6 +791,8 @@ def test_bad_input_gives_a_clear_error_and_keeps_every_variant(case, tmp_path, t
     inputs.mkdir()
     if case.setup is not None:
         case.setup(root, inputs)
+    if case.patch is not None:
+        case.patch(monkeypatch)
     before = checkpoints_state(root)
     around = sorted(p.name for p in tmp_path.iterdir())
     argv = ["--root", str(root), *fill(case.args, root, inputs, tiny_model)]
@@ -727,6 +807,8 @@ def test_bad_input_gives_a_clear_error_and_keeps_every_variant(case, tmp_path, t
         return
     assert_one_line_error(stderr, case.fragment)
     assert checkpoints_state(root) == before, "a failed run changed or removed a variant"
+    if case.check is not None:
+        case.check(root)
 
 
 # ----------------------------------------------------------------------------- as the user runs them

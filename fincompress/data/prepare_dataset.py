@@ -304,11 +304,10 @@ def carry_over(old: Path, new: Path) -> None:
 
 def previous_set(out: Path) -> str:
     """What a failed write left in place, for its message."""
-    try:
-        recorded = json.loads((out / DATASET_INFO).read_text(encoding="utf-8"))["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{out} is as it was (no complete earlier set)" if not out.exists() else f"{out} is as it was"
-    return f"{out} still holds the previous complete set (fingerprint {recorded})"
+    splits = [out / f"{s}.csv" for s in SPLITS]
+    if not all(path.is_file() for path in splits):
+        return f"{out} is as it was (it held no complete set)"
+    return f"{out} still holds the previous complete set (fingerprint {compute_fingerprint(splits)})"
 
 
 # ----------------------------------------------------------------------------- command line
