@@ -203,6 +203,51 @@ def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+def optimiser_step(model: nn.Module, batch: dict, loss_fn: LossFn, parts: tuple) -> tuple[torch.Tensor, dict]:
+    """One step: loss, backward, grads of the extra modules averaged by hand, clipping, update."""
+    accelerator, extras, params, optimizer, scheduler, config = parts
+    loss, terms = loss_fn(model, batch)
+    accelerator.backward(loss)
+    if accelerator.num_processes > 1:  # extras are outside DDP: average their grads by hand
+        for p in extras.parameters():
+            if p.grad is not None:
+                p.grad = accelerator.reduce(p.grad, "mean")
+    accelerator.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, terms
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: LossFn, parts: tuple, position: tuple[int, int, int],
+                log: RunLog, progress, after_step: Callable[[int], None] | None) -> int:
+    """One pass over `loader` (or up to the planned total); returns the step count reached."""
+    epoch, step, total_steps = position
+    scheduler = parts[4]
+    for batch in loader:
+        loss, terms = optimiser_step(model, batch, loss_fn, parts)
+        step += 1
+        if after_step is not None:
+            after_step(step)
+        log.write({"step": step, "epoch": epoch, "train_loss": float(loss.detach()),
+                   "lr": scheduler.get_last_lr()[0], **{k: float(v) for k, v in terms.items()}})
+        progress.update(1)
+        progress.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        if step >= total_steps:
+            break
+    return step
+
+
+def record_evaluation(result: FitResult, metrics: dict, epoch: int, step: int, model: nn.Module,
+                      keep: str) -> dict | None:
+    """Add an epoch's validation metrics; the weights to keep if it is the best so far (else None)."""
+    result.history.append({"epoch": epoch, "step": step, **metrics})
+    if metrics["macro_f1"] <= result.best_metrics["macro_f1"]:
+        return None
+    result.best_metrics, result.best_step = metrics, step
+    return state_copy(model) if keep == "best" else None
+
+
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, config: TrainConfig, *,
         root: Path, run_name: str, loss_fn: LossFn = cross_entropy_loss,
         extra_modules: Iterable[nn.Module] = (), accelerator: Accelerator | None = None,
@@ -224,49 +269,24 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, conf
     optimizer, params = build_optimizer(model, extras, config)
     total_steps = planned_steps(config, len(train_loader), accelerator.num_processes)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
-    extras.to(accelerator.device)  # not DDP-wrapped: their grads are averaged by hand below
+    extras.to(accelerator.device)  # not DDP-wrapped: their grads are averaged by hand
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
     unwrapped = accelerator.unwrap_model(model)
+    parts = (accelerator, extras, params, optimizer, scheduler, config)
     log = RunLog(root, run_name, enabled=accelerator.is_main_process)
     result = FitResult(best_metrics={"macro_f1": -1.0}, best_step=0, steps=0, log_path=log.path, kept=keep)
-    best_state = None
-    evals_without_gain = 0
+    best_state, evals_without_gain, step = None, 0, 0
     progress = tqdm(total=total_steps, desc=run_name, disable=not accelerator.is_local_main_process)
     model.train()
-    step = 0
     for epoch in range(config.epochs):
-        for batch in train_loader:
-            loss, parts = loss_fn(model, batch)
-            accelerator.backward(loss)
-            if accelerator.num_processes > 1:  # extras are outside DDP: average their grads by hand
-                for p in extras.parameters():
-                    if p.grad is not None:
-                        p.grad = accelerator.reduce(p.grad, "mean")
-            accelerator.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if after_step is not None:
-                after_step(step)
-            row = {"step": step, "epoch": epoch, "train_loss": float(loss.detach()),
-                   "lr": scheduler.get_last_lr()[0], **{k: float(v) for k, v in parts.items()}}
-            log.write(row)
-            progress.update(1)
-            progress.set_postfix(loss=f"{row['train_loss']:.4f}")
-            if step >= total_steps:
-                break
+        step = train_epoch(model, train_loader, loss_fn, parts, (epoch, step, total_steps), log, progress, after_step)
         metrics = evaluate_model(model, val_loader, accelerator)
         log.write({"step": step, "epoch": epoch, "val_macro_f1": metrics["macro_f1"],
                    "val_accuracy": metrics["accuracy"]})
-        result.history.append({"epoch": epoch, "step": step, **metrics})
-        if metrics["macro_f1"] > result.best_metrics["macro_f1"]:
-            result.best_metrics, result.best_step, evals_without_gain = metrics, step, 0
-            if keep == "best":
-                best_state = state_copy(unwrapped)
-        else:
-            evals_without_gain += 1
+        improved = metrics["macro_f1"] > result.best_metrics["macro_f1"]
+        best_state = record_evaluation(result, metrics, epoch, step, unwrapped, keep) or best_state
+        evals_without_gain = 0 if improved else evals_without_gain + 1
         if step >= total_steps or (config.patience is not None and evals_without_gain >= config.patience):
             break
     progress.close()
