@@ -61,6 +61,26 @@ def _bias_add(matmul: onnx.NodeProto, consumers, initializers) -> tuple | None:
     return add, other
 
 
+def _fused_nodes(model: onnx.ModelProto, tensor: str, members: list, weights: list[np.ndarray],
+                 initializers: dict, module_of: dict[str, str]) -> list[onnx.NodeProto]:
+    """One MatMul over the concatenated weights, one Add of the concatenated biases, a Split back into the
+    members' outputs (the new initializers are added to `model`)."""
+    biases = [numpy_helper.to_array(initializers[b]) for _, _, b in members]
+    first = members[0][0]
+    stem = f"{first.name}_fused{len(members)}"
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.concatenate(weights, axis=1), f"{stem}_weight"),
+        numpy_helper.from_array(np.concatenate(biases), f"{stem}_bias"),
+        numpy_helper.from_array(np.array([w.shape[1] for w in weights], dtype=np.int64), f"{stem}_split")])
+    matmul = helper.make_node("MatMul", [tensor, f"{stem}_weight"], [f"{stem}_out"], name=stem)
+    matmul.metadata_props.extend(p for p in first.metadata_props if p.key == NAME_SCOPES)
+    matmul.metadata_props.add(key=FUSED_MODULES, value=",".join(module_of[m.name] for m, _, _ in members))
+    add = helper.make_node("Add", [f"{stem}_out", f"{stem}_bias"], [f"{stem}_biased"], name=f"{stem}_add")
+    split = helper.make_node("Split", [f"{stem}_biased", f"{stem}_split"], [a.output[0] for _, a, _ in members],
+                             name=f"{stem}_split", axis=-1)
+    return [matmul, add, split]
+
+
 def fuse_shared_input_linears(model: onnx.ModelProto, module_of: dict[str, str]) -> int:
     """Fuse MatMul+bias pairs that read the same tensor (Q, K, V) into one MatMul, one Add and a Split.
 
@@ -83,21 +103,8 @@ def fuse_shared_input_linears(model: onnx.ModelProto, module_of: dict[str, str])
         weights = [numpy_helper.to_array(initializers[m.input[1]]) for m, _, _ in members]
         if len(members) < 2 or len({w.shape[0] for w in weights}) != 1:
             continue
-        biases = [numpy_helper.to_array(initializers[b]) for _, _, b in members]
-        first = members[0][0]
-        stem = f"{first.name}_fused{len(members)}"
-        model.graph.initializer.extend([
-            numpy_helper.from_array(np.concatenate(weights, axis=1), f"{stem}_weight"),
-            numpy_helper.from_array(np.concatenate(biases), f"{stem}_bias"),
-            numpy_helper.from_array(np.array([w.shape[1] for w in weights], dtype=np.int64), f"{stem}_split")])
-        matmul = helper.make_node("MatMul", [tensor, f"{stem}_weight"], [f"{stem}_out"], name=stem)
-        matmul.metadata_props.extend(p for p in first.metadata_props if p.key == NAME_SCOPES)
-        matmul.metadata_props.add(key=FUSED_MODULES, value=",".join(module_of[m.name] for m, _, _ in members))
-        add = helper.make_node("Add", [f"{stem}_out", f"{stem}_bias"], [f"{stem}_biased"], name=f"{stem}_add")
-        split = helper.make_node("Split", [f"{stem}_biased", f"{stem}_split"], [a.output[0] for _, a, _ in members],
-                                 name=f"{stem}_split", axis=-1)
         replaced |= {n.name for m, a, _ in members for n in (m, a)}
-        inserted[first.name] = [matmul, add, split]
+        inserted[members[0][0].name] = _fused_nodes(model, tensor, members, weights, initializers, module_of)
     if not inserted:
         return 0
     # The fused nodes stand where the first MatMul stood: their input exists there, and every reader of
