@@ -45,6 +45,32 @@ def node_module(node: onnx.NodeProto) -> str | None:
 ATTENTION_PROJECTIONS = ("query", "key", "value")
 
 
+def _outside_readers(model: onnx.ModelProto, cores: dict[str, list[onnx.NodeProto]]) -> dict[str, int]:
+    """Tensor -> how many readers no fusion removes (nodes outside every core, and the graph outputs)."""
+    in_any_core = {id(n) for nodes in cores.values() for n in nodes}
+    readers: dict[str, int] = defaultdict(int)
+    for node in model.graph.node:
+        if id(node) not in in_any_core:
+            for name in node.input:
+                readers[name] += 1
+    for output in model.graph.output:
+        readers[output.name] += 1
+    return readers
+
+
+def _core_boundary(attention: str, core: list[onnx.NodeProto], producers: dict, module_of: dict,
+                   outside_readers: dict[str, int]) -> tuple[list[str], list[str | None]]:
+    """What a core hands out (tensors read outside it) and the one tensor it reads from each projection."""
+    made = {o for n in core for o in n.output}
+    contexts = [o for o in made if outside_readers[o]]
+    read = {name for n in core for name in n.input if name and name not in made}
+    qkv: list[str | None] = []
+    for projection in ATTENTION_PROJECTIONS:
+        found = [t for t in read if t in producers and module_of[id(producers[t])] == f"{attention}.{projection}"]
+        qkv.append(found[0] if len(found) == 1 else None)
+    return contexts, qkv
+
+
 def fuse_attention(model: onnx.ModelProto, head_size: int, mask_input: str = "attention_mask") -> int:
     """Replace each self-attention core (after the Q/K/V projections) by one MultiHeadAttention node.
 
@@ -61,25 +87,12 @@ def fuse_attention(model: onnx.ModelProto, head_size: int, mask_input: str = "at
     projections = {m.rsplit(".", 1)[0] for m in module_of.values()
                    if m and m.rsplit(".", 1)[-1] == ATTENTION_PROJECTIONS[0]}
     cores = {a: [n for n in model.graph.node if module_of[id(n)] == a] for a in sorted(projections)}
-    in_any_core = {id(n) for nodes in cores.values() for n in nodes}
-    outside_readers = defaultdict(int)  # tensor -> readers that no fusion removes
-    for node in model.graph.node:
-        if id(node) not in in_any_core:
-            for name in node.input:
-                outside_readers[name] += 1
-    for output in model.graph.output:
-        outside_readers[output.name] += 1
+    outside_readers = _outside_readers(model, cores)
     has_mask = any(i.name == mask_input for i in model.graph.input)
     mask32 = f"{mask_input}_int32"
     fused: dict[str, onnx.NodeProto] = {}  # context tensor -> the MultiHeadAttention making it
     for attention, core in cores.items():
-        made = {o for n in core for o in n.output}
-        contexts = [o for o in made if outside_readers[o]]
-        read = {name for n in core for name in n.input if name and name not in made}
-        qkv = []
-        for projection in ATTENTION_PROJECTIONS:
-            found = [t for t in read if t in producers and module_of[id(producers[t])] == f"{attention}.{projection}"]
-            qkv.append(found[0] if len(found) == 1 else None)
+        contexts, qkv = _core_boundary(attention, core, producers, module_of, outside_readers)
         if len(contexts) != 1 or None in qkv:
             continue
         widths = {_projection_width(producers[t], producers, initializers) for t in qkv}
