@@ -119,3 +119,17 @@ def test_ci_script_has_no_check_that_cannot_fail():
     assert "set -euo pipefail" in script
     assert "python -m pip check" in script
     assert "|| true" not in script
+
+
+def test_pytest_silences_no_whole_warning_category():
+    """Filters name one known third-party message each; a blanket ignore would hide library API drift."""
+    import tomllib
+
+    from fincompress.common.paths import REPO_ROOT
+
+    filters = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"].get(
+        "filterwarnings", [])
+    for entry in filters:
+        action, _, rest = entry.partition(":")
+        message = rest.split(":")[0]
+        assert action != "ignore" or message.strip(), f"blanket filter {entry!r}: name the message it silences"
