@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from fincompress.common import cli
+from fincompress.common import cli, eval_sets
 from fincompress.common.data import first_rows_of_every_class
 from fincompress.common.loader import ensure_onnx_export, load_variant
 from fincompress.common.metrics import (
@@ -285,7 +285,8 @@ def test_extra_sets_get_intervals_calibration_and_a_paired_gap(work_root, tmp_pa
     frame = benchmark.main(["--root", str(work_root), *ACCURACY_ONLY, "--eval-set", f"desk={desk}",
                             "--eval-set", "tweets"])
     row = frame.set_index("model_name")
-    for name, size in (("desk", len(val)), ("tweets", 4)):
+    built_in = eval_sets.read_tweets(tweets)
+    for name, size in (("desk", len(val)), ("tweets", len(built_in.texts))):
         assert (frame[f"{name}_samples"] == size).all()
         f1, low, high = (frame[f"{name}_macro_f1{s}"] for s in ("", "_ci_low", "_ci_high"))
         assert ((low <= f1) & (f1 <= high)).all()
@@ -301,7 +302,7 @@ def test_extra_sets_get_intervals_calibration_and_a_paired_gap(work_root, tmp_pa
     assert (frame["ece"] >= 0).all() and (frame["brier"] > 0).all()
     assert frame["cpu_latency_ms_median"].isna().all() and (frame["size_ratio_vs_teacher"] == 1).all()
     report = json.loads((work_root / "results" / "benchmark_results.json").read_text())
-    assert report["metadata"]["eval_sets"]["tweets"]["excluded_as_training_texts"] == 1
+    assert report["metadata"]["eval_sets"]["tweets"]["excluded_as_training_texts"] == built_in.excluded == 1
     assert report["metadata"]["timing"] is False and report["throughput"] == []
 
 

@@ -8,6 +8,7 @@ from transformers import BertForSequenceClassification
 
 from conftest import save_tiny_model, tiny_bert_config
 from fincompress.common import cli, losses
+from fincompress.common.eval_sets import is_held_out
 from fincompress.common.loader import load_fp32_model, load_variant
 from fincompress.common.paths import FinCompressError
 from fincompress.distillation import intermediate_distillation, kd, soft_label_distillation
@@ -189,8 +190,11 @@ def test_named_transfer_sets_are_read_through_the_assets(work_root, monkeypatch,
     """Named sets come from the assets resolver (or --shared-data), never from a path fixed in the code."""
     tweets = tmp_path / "assets" / "data" / "twitter_financial_news"
     tweets.mkdir(parents=True)
-    pd.DataFrame({"text": ["$ACME up 5% after earnings", "Bank shares slide"], "label": [1, 0]}).to_csv(
-        tweets / "sent_train.csv", index=False)
+    written = [f"$ACME{i} up {i}% after earnings" for i in range(10)]
+    pd.DataFrame({"text": written, "label": [1] * 10}).to_csv(tweets / "sent_train.csv", index=False)
+    # the share the benchmark's `tweets` set holds out is never a transfer text
+    transfer = [t for t in written if not is_held_out(t)]
+    assert 0 < len(transfer) < len(written)
     asked = []
 
     def fake_asset_file(relative: str, download: bool = True):
@@ -199,7 +203,7 @@ def test_named_transfer_sets_are_read_through_the_assets(work_root, monkeypatch,
 
     monkeypatch.setattr(kd, "asset_file", fake_asset_file)
     texts, stats = kd.load_transfer_set(work_root, "twitter")
-    assert asked == ["data/twitter_financial_news"] and texts == ["$ACME up 5% after earnings", "Bank shares slide"]
+    assert asked == ["data/twitter_financial_news"] and texts == transfer
     texts, _ = kd.load_transfer_set(work_root, "twitter", shared_data=tmp_path / "assets" / "data", size=1, seed=3)
     assert len(asked) == 1 and len(texts) == 1  # --shared-data given: the resolver is not asked
 

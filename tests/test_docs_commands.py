@@ -18,9 +18,6 @@ FENCE = re.compile(r"^```bash( runnable)?\s*$")
 MODULE = re.compile(r"-m (fincompress(?:\.\w+)*)")
 FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 BLOCK_TIMEOUT_SECONDS = 300
-# modules other work is adding; until they land, a block naming one is reported as skipped, not passed
-PENDING_MODULES = {"fincompress.serve", "fincompress.predict", "fincompress.evaluation.loadtest",
-                   "fincompress.evaluation.cost", "fincompress.pruning.curve"}
 
 
 def bash_blocks(path: Path) -> list[tuple[str, bool, str]]:
@@ -66,8 +63,6 @@ def test_the_documentation_has_runnable_blocks_and_module_calls():
 @pytest.mark.parametrize(("module", "flag"), CALLS, ids=[f"{m} {f}" for m, f in CALLS])
 def test_every_documented_module_exists_and_accepts_its_flags(module, flag):
     if importlib.util.find_spec(module) is None:
-        if module in PENDING_MODULES:
-            pytest.skip(f"{module} is not in this tree yet")
         pytest.fail(f"the docs name {module}, which does not exist")
     help_text = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True,
                                text=True, timeout=120).stdout
@@ -111,9 +106,6 @@ def docs_smoke_root(tmp_path_factory, phrasebank_dir, fiqa_dir, minilm_dir) -> P
 @pytest.mark.slow
 @pytest.mark.parametrize("text", [b[2] for b in RUNNABLE], ids=[b[0] for b in RUNNABLE])
 def test_runnable_block_succeeds_on_a_smoke_project(text, docs_smoke_root, tmp_path):
-    pending = [module for module, _ in module_calls(text) if importlib.util.find_spec(module) is None]
-    if pending:
-        pytest.skip(f"{', '.join(pending)} not in this tree yet")
     root = tmp_path / "project"
     shutil.copytree(docs_smoke_root, root, symlinks=True)  # each block gets its own copy: none sees another's output
     env = {**os.environ, "FINCOMPRESS_ROOT": str(root)}

@@ -21,26 +21,44 @@ def write_csv(path: Path, rows: list[tuple[str, object]]) -> Path:
     return path
 
 
+TRAIN_TWEETS = [(f"$T{i} {['slides', 'holds', 'jumps'][i % 3]} after report {i}", [0, 2, 1][i % 3]) for i in range(60)]
+
+
 @pytest.fixture
 def tweets_root(tmp_path: Path) -> Path:
-    """A twitter_financial_news folder whose validation file repeats two training tweets (one in other case)."""
+    """A twitter_financial_news folder; its validation file repeats training tweets (in other case) and itself."""
     folder = tmp_path / "twitter_financial_news"
-    write_csv(folder / eval_sets.TRANSFER_FILE, [("$AAPL beats estimates", 1), ("Stocks slide on rates", 0),
-                                                 ("Fed holds rates", 2), ('multi\nline "tweet"', 2)])
-    write_csv(folder / eval_sets.TWEETS_FILE, [("$aapl BEATS estimates", 1), ("Oil jumps 5%", 1),
-                                               ("Bank misses, shares fall", 0), ("Markets flat today", 2),
-                                               ('multi\nline "tweet"', 2), ("Oil jumps 5%", 1)])
+    write_csv(folder / eval_sets.TRANSFER_FILE, TRAIN_TWEETS)
+    write_csv(folder / eval_sets.TWEETS_FILE, [(text.upper(), label) for text, label in TRAIN_TWEETS[:6]]
+              + [("Oil jumps 5%", 1), ("Bank misses, shares fall", 0), ("Markets flat today", 2), ("Oil jumps 5%", 1)])
     return tmp_path
 
 
 def test_tweets_exclude_every_kd_transfer_text_and_map_the_labels(tweets_root):
-    tweets = eval_sets.read_eval_set("tweets", tweets_root / "twitter_financial_news")
-    transfer = {t.strip().lower() for t in kd.read_transfer_texts("twitter", shared_data=tweets_root)}
-    assert not {t.lower() for t in tweets.texts} & {" ".join(t.split()) for t in transfer}
-    assert tweets.excluded == 3  # two training tweets and one duplicate
+    folder = tweets_root / "twitter_financial_news"
+    tweets = eval_sets.read_eval_set("tweets", folder)
+    transfer = kd.read_transfer_texts("twitter", shared_data=tweets_root)
+    assert transfer == eval_sets.tweets_for_transfer(folder) and len(transfer) > 20
+    assert not {t.lower() for t in tweets.texts} & {" ".join(t.split()).lower() for t in transfer}
+    held_out = [(t, y) for t, y in TRAIN_TWEETS if eval_sets.is_held_out(t)]
+    assert 0 < len(held_out) < len(TRAIN_TWEETS) - 20
     by_text = dict(zip(tweets.texts, tweets.labels.tolist()))
-    assert by_text == {"Oil jumps 5%": LABEL2ID["positive"], "Bank misses, shares fall": LABEL2ID["negative"],
-                       "Markets flat today": LABEL2ID["neutral"]}
+    names = {0: "negative", 1: "positive", 2: "neutral"}  # the release's ids
+    expected = {t: LABEL2ID[names[y]] for t, y in held_out}
+    expected.update({"Oil jumps 5%": LABEL2ID["positive"], "Bank misses, shares fall": LABEL2ID["negative"],
+                     "Markets flat today": LABEL2ID["neutral"]})
+    assert by_text == expected
+    # every training tweet is in exactly one share; the validation copies of transfer tweets and the duplicate
+    # are what was excluded
+    assert len(held_out) + sum(not eval_sets.is_held_out(t) for t, _ in TRAIN_TWEETS) == len(TRAIN_TWEETS)
+    assert tweets.excluded == 1 + 6  # one duplicate; six validation texts already in the training file
+
+
+def test_the_held_out_share_is_stable_and_about_thirty_percent():
+    texts = [f"tweet {i} on ${i % 97}" for i in range(4000)]
+    share = sum(map(eval_sets.is_held_out, texts)) / len(texts)
+    assert abs(share - eval_sets.HELD_OUT_SHARE) < 0.03
+    assert eval_sets.is_held_out("Stocks  SLIDE on rates") == eval_sets.is_held_out("stocks slide on rates")
 
 
 def test_a_user_csv_uses_the_prepare_dataset_label_rules(tmp_path):
@@ -72,7 +90,7 @@ def test_a_name_given_twice_is_refused(tmp_path):
         eval_sets.read_eval_sets([f"a={path}", f"a={path}"])
 
 
-def test_tweets_without_the_validation_file_say_what_is_needed(tmp_path):
+def test_tweets_without_the_training_file_say_what_is_needed(tmp_path):
     (tmp_path / "twitter_financial_news").mkdir()
-    with pytest.raises(FinCompressError, match="sent_valid.csv not found"):
+    with pytest.raises(FinCompressError, match="sent_train.csv not found.*fincompress.assets"):
         eval_sets.read_tweets(tmp_path / "twitter_financial_news")

@@ -37,6 +37,11 @@ def run(main: Callable[[list[str] | None], object], argv: list[str] | None = Non
     except FinCompressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk or a read-only folder outside the stages' own checks: one line
+        from fincompress.common.io import as_user_error
+
+        print(f"error: {as_user_error(exc, 'cannot complete')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: nothing half-written was kept", file=sys.stderr)
         return 130

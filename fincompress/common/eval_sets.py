@@ -1,10 +1,12 @@
 """Extra evaluation sets: labelled texts beyond the test split (out-of-domain checks).
 
 Reads  a user's CSV `text,label` (the same reader and label rules as `prepare_dataset --source csv`),
-       or the built-in set `tweets`: the financial-tweets release folder `data/twitter_financial_news`
-       of the assets, file `sent_valid.csv` (0 bearish, 1 bullish, 2 neutral), with every text of
-       `sent_train.csv` (the `twitter` KD transfer set) removed, so no variant is scored on what it
-       was distilled on.
+       or the built-in set `tweets`: labelled financial tweets from the release folder
+       `data/twitter_financial_news` of the assets (0 bearish, 1 bullish, 2 neutral). Its
+       `sent_train.csv` is cut in two by a stable hash of each normalised text: 30% are held out for
+       evaluation, the rest are the `twitter` KD transfer set (`tweets_for_transfer`), so no variant
+       is scored on what it was distilled on. `sent_valid.csv`, where present, joins the held-out part
+       (minus any text of the transfer part).
 Writes nothing.
 
 A set is named on the command line as `NAME=FILE`, or as `tweets` alone for the built-in set.
@@ -12,11 +14,13 @@ A set is named on the command line as `NAME=FILE`, or as `tweets` alone for the 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from fincompress.common.assets import asset_file
 from fincompress.common.io import text_digest
@@ -25,9 +29,9 @@ from fincompress.common.raw_data import normalise_text, parse_labelled_csv
 
 TWEETS = "tweets"
 TWEETS_ASSET = "data/twitter_financial_news"
-TWEETS_FILE = "sent_valid.csv"
-TWEETS_SHA256 = "393572beac5064ed60c9f608a57dc66af2b41a91b89c149932d5c57f827e25da"
-TRANSFER_FILE = "sent_train.csv"  # what `fincompress.distillation.kd` reads for its `twitter` transfer set
+TWEETS_FILE = "sent_valid.csv"  # optional: the release's validation file, all held out
+TRANSFER_FILE = "sent_train.csv"  # split: the held-out share is evaluated, the rest is the KD transfer set
+HELD_OUT_SHARE = 0.3
 # The release's ids -> the project's label names (its order is bearish, bullish, neutral).
 TWEET_LABELS = {0: "negative", 1: "positive", 2: "neutral"}
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # becomes a CSV column prefix
@@ -86,27 +90,52 @@ def tweets_folder(folder: Path | None = None) -> Path:
     return Path(folder) if folder is not None else asset_file(TWEETS_ASSET)
 
 
-def read_tweets(folder: Path | None = None) -> EvalSet:
-    """The built-in out-of-domain set: held-out financial tweets minus every KD transfer text."""
-    folder = tweets_folder(folder)
-    path = folder / TWEETS_FILE
-    if not path.is_file():
-        raise FinCompressError(f"{path} not found: the built-in {TWEETS!r} set needs the validation file of "
-                               f"twitter_financial_news (sha256 {TWEETS_SHA256}) beside {TRANSFER_FILE}; "
-                               "or pass your own set as NAME=FILE")
+def is_held_out(text: str) -> bool:
+    """Whether a tweet belongs to the evaluation share: a hash of its normalised, lower-cased text,
+    so the split is the same on every machine and for every copy of a text."""
+    digest = hashlib.sha256(_keys([text])[0].encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") < HELD_OUT_SHARE * 2**32
+
+
+def _labelled_tweets(path: Path) -> pd.DataFrame:
     # parse_labelled_csv reads ids in the project's order; the release's ids mean something else.
     swap = {int(release_id): LABEL2ID[label] for release_id, label in TWEET_LABELS.items()}
     frame = parse_labelled_csv(path, source=TWEETS)
     frame["label"] = frame["label"].map(swap)
     frame["text"] = frame["text"].map(normalise_text)
-    transfer = folder / TRANSFER_FILE
-    if not transfer.is_file():  # without it no one can say the set is free of distillation texts
-        raise FinCompressError(f"{transfer} not found: the {TWEETS!r} set excludes the KD transfer texts it holds")
-    training = set(_keys(parse_labelled_csv(transfer, source="twitter")["text"].tolist()))
+    return frame
+
+
+def _train_file(folder: Path) -> Path:
+    path = folder / TRANSFER_FILE
+    if not path.is_file():
+        raise FinCompressError(f"{path} not found: the {TWEETS!r} set and the `twitter` transfer set are read from "
+                               f"twitter_financial_news/{TRANSFER_FILE} (`python -m fincompress.assets --assets "
+                               f"{TWEETS_ASSET}`); or pass your own set as NAME=FILE")
+    return path
+
+
+def tweets_for_transfer(folder: Path | None = None) -> list[str]:
+    """The KD transfer share of the training tweets (labels ignored): never in the `tweets` set."""
+    frame = _labelled_tweets(_train_file(tweets_folder(folder)))
+    return [t for t in frame["text"] if t and not is_held_out(t)]
+
+
+def read_tweets(folder: Path | None = None) -> EvalSet:
+    """The built-in out-of-domain set: the held-out share of the training tweets, plus the validation
+    file where present, minus every KD transfer text and duplicate."""
+    folder = tweets_folder(folder)
+    train = _labelled_tweets(_train_file(folder))
+    held = train["text"].map(is_held_out)
+    parts = [train[held]]
+    if (folder / TWEETS_FILE).is_file():
+        parts.append(_labelled_tweets(folder / TWEETS_FILE))
+    frame = pd.concat(parts, ignore_index=True)
+    transfer = set(_keys(train.loc[~held, "text"].tolist()))
     keys = frame["text"].str.lower()
-    keep = ~keys.isin(training) & ~keys.duplicated() & (frame["text"] != "")
+    keep = ~keys.isin(transfer) & ~keys.duplicated() & (frame["text"] != "")
     kept = frame[keep]
-    return EvalSet(TWEETS, kept["text"].tolist(), kept["label"].to_numpy(dtype=np.int64), str(path),
+    return EvalSet(TWEETS, kept["text"].tolist(), kept["label"].to_numpy(dtype=np.int64), str(folder),
                    excluded=int((~keep).sum()))
 
 

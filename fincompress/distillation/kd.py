@@ -28,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fincompress.common import cli
 from fincompress.common.assets import asset_file
 from fincompress.common.data import data_fingerprint, make_loader, read_split, split_loader
+from fincompress.common.eval_sets import tweets_for_transfer
 from fincompress.common.io import append_csv_rows
 from fincompress.common.loader import load_fp32_model
 from fincompress.common.losses import UNLABELLED, cached_kd_loss_fn
@@ -72,7 +73,7 @@ NAMED_TRANSFER_SETS = {
     "phrasebank-50agree": ("data/financial_phrasebank",
                            "Financial PhraseBank sentences (50% agreement file) that are not in the prepared data"),
     "twitter": ("data/twitter_financial_news", "financial tweets, twitter_financial_news/sent_train.csv "
-                "(labels ignored)"),
+                "(labels ignored) without the share held out for the benchmark's `tweets` set"),
 }
 
 
@@ -107,7 +108,7 @@ def read_transfer_texts(spec: str, shared_data: Path | None = None) -> list[str]
     if spec == "phrasebank-50agree":
         return read_phrasebank(named_set_folder(spec, shared_data), "50")["text"].tolist()
     if spec == "twitter":
-        return read_text_file(named_set_folder(spec, shared_data) / "sent_train.csv", spec)
+        return tweets_for_transfer(named_set_folder(spec, shared_data))
     return read_text_file(Path(spec).expanduser(), spec)
 
 
