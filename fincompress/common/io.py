@@ -319,6 +319,8 @@ def acquire_lock(lock_file: Path, what: str) -> bool:
     """
     import fcntl
 
+    if int(os.environ.get("RANK", "0") or 0) != 0:  # a data-parallel worker: rank 0 locks and writes for the group
+        return False
     lock_file = _lock_key(lock_file)
     if lock_file in _HELD:
         return False
