@@ -88,6 +88,12 @@ def truncated_fiqa() -> bytes:
 Content = bytes | Callable[[], bytes] | None
 
 
+def one_byte_changed(data: bytes) -> bytes:
+    changed = bytearray(data)
+    changed[len(changed) // 2] ^= 0x01
+    return bytes(changed)
+
+
 def local_release(phrasebank: Content = None, headline: Content = None) -> Callable:
     """inputs/phrasebank/Sentences_AllAgree.txt and inputs/fiqa/*.json: the release files, the ones given
     replaced by `phrasebank` / `headline` (bytes, or a function making them)."""
@@ -376,6 +382,9 @@ class Case:
 
 
 CSV = ("--source", "csv", "--data-file", "{inputs}/data.csv")
+# A file named as a release file is checked against the release's sha256 before it is parsed.
+PHRASEBANK_REFUSED = "Sentences_AllAgree.txt: sha256"
+HEADLINE_REFUSED = "task1_headline_ABSA_train.json: sha256"
 
 CASES = [
     # --- the classes of issue 22: a mixed data set, file-system errors, contracts, invisible input
@@ -390,39 +399,41 @@ CASES = [
          setup=labelled_csv("text,sentence,label", [])),
     Case("prepare: CSV text of zero-width characters only", PREPARE, CSV, "empty text", root="empty",
          setup=labelled_csv("text,label", ["\u200b\u200d\ufeff,positive"])),
-    # --- data preparation: silent wrong data and tracebacks
-    Case("prepare: empty Sentences_AllAgree", PREPARE, LOCAL, "empty", root="empty",
+    # --- data preparation: a release file that is not the release (its parser never sees it)
+    Case("prepare: release file with one byte changed", PREPARE, LOCAL, PHRASEBANK_REFUSED, root="empty",
+         setup=local_release(phrasebank=lambda: one_byte_changed(release_bytes()))),
+    Case("prepare: empty Sentences_AllAgree", PREPARE, LOCAL, PHRASEBANK_REFUSED, root="empty",
          setup=local_release(phrasebank=b"")),
-    Case("prepare: PhraseBank file of blank lines", PREPARE, LOCAL, "Sentences_AllAgree", root="empty",
+    Case("prepare: PhraseBank file of blank lines", PREPARE, LOCAL, PHRASEBANK_REFUSED, root="empty",
          setup=local_release(phrasebank=b"\n\n  \n")),
-    Case("prepare: UTF-8 PhraseBank", PREPARE, LOCAL, "UTF-8", root="empty",
+    Case("prepare: UTF-8 PhraseBank", PREPARE, LOCAL, PHRASEBANK_REFUSED, root="empty",
          setup=local_release(phrasebank=utf8_release)),
-    Case("prepare: PhraseBank line without @", PREPARE, LOCAL, "line 2", root="empty",
+    Case("prepare: PhraseBank line without @", PREPARE, LOCAL, PHRASEBANK_REFUSED, root="empty",
          setup=local_release(phrasebank=b"Profit rose .@positive\nno separator here\n")),
-    Case("prepare: PhraseBank unknown label", PREPARE, LOCAL, "unknown label", root="empty",
+    Case("prepare: PhraseBank unknown label", PREPARE, LOCAL, PHRASEBANK_REFUSED, root="empty",
          setup=local_release(phrasebank=b"Profit rose .@bullish\n")),
-    Case("prepare: FiQA score 7.5", PREPARE, LOCAL, "7.5", root="empty",
+    Case("prepare: FiQA score 7.5", PREPARE, LOCAL, HEADLINE_REFUSED, root="empty",
          setup=local_release(headline=fiqa_with_score("7.5"))),
-    Case("prepare: FiQA score nan", PREPARE, LOCAL, "nan", root="empty",
+    Case("prepare: FiQA score nan", PREPARE, LOCAL, HEADLINE_REFUSED, root="empty",
          setup=local_release(headline=fiqa_with_score("nan"))),
-    Case("prepare: FiQA score inf", PREPARE, LOCAL, "inf", root="empty",
+    Case("prepare: FiQA score inf", PREPARE, LOCAL, HEADLINE_REFUSED, root="empty",
          setup=local_release(headline=fiqa_with_score("inf"))),
-    Case("prepare: FiQA score not a number", PREPARE, LOCAL, "not a number", root="empty",
+    Case("prepare: FiQA score not a number", PREPARE, LOCAL, HEADLINE_REFUSED, root="empty",
          setup=local_release(headline=fiqa_with_score("high"))),
-    Case("prepare: FiQA score null", PREPARE, LOCAL, "task1_headline_ABSA_train.json", root="empty",
+    Case("prepare: FiQA score null", PREPARE, LOCAL, HEADLINE_REFUSED, root="empty",
          setup=local_release(headline=fiqa_with_score(None))),
-    Case("prepare: FiQA top-level list", PREPARE, LOCAL, "task1_headline_ABSA_train.json", root="empty",
+    Case("prepare: FiQA top-level list", PREPARE, LOCAL, HEADLINE_REFUSED, root="empty",
          setup=local_release(headline=b'[{"sentence": "Profit rose", "info": []}]')),
-    Case("prepare: FiQA non-UTF-8 bytes", PREPARE, LOCAL, "UTF-8", root="empty",
+    Case("prepare: FiQA non-UTF-8 bytes", PREPARE, LOCAL, HEADLINE_REFUSED, root="empty",
          setup=local_release(headline=b'{"1": {"sentence": "Caf\xe9 profit", "info": '
                              b'[{"sentiment_score": "0.5", "target": "x"}]}}')),
-    Case("prepare: FiQA truncated JSON", PREPARE, LOCAL, "invalid JSON", root="empty",
+    Case("prepare: FiQA truncated JSON", PREPARE, LOCAL, HEADLINE_REFUSED, root="empty",
          setup=local_release(headline=truncated_fiqa)),
-    Case("prepare: FiQA empty object", PREPARE, LOCAL, "task1_headline_ABSA_train.json", root="empty",
+    Case("prepare: FiQA empty object", PREPARE, LOCAL, HEADLINE_REFUSED, root="empty",
          setup=local_release(headline=b"{}")),
-    Case("prepare: FiQA record without sentence", PREPARE, LOCAL, "sentence", root="empty",
+    Case("prepare: FiQA record without sentence", PREPARE, LOCAL, HEADLINE_REFUSED, root="empty",
          setup=local_release(headline=b'{"1": {"info": [{"sentiment_score": "0.5"}]}}')),
-    Case("prepare: FiQA record without targets", PREPARE, LOCAL, "no target", root="empty",
+    Case("prepare: FiQA record without targets", PREPARE, LOCAL, HEADLINE_REFUSED, root="empty",
          setup=local_release(headline=b'{"1": {"sentence": "Profit rose", "info": []}}')),
     Case("prepare: missing PhraseBank folder", PREPARE,
          ("--source", "local", "--phrasebank-dir", "{inputs}/nope", "--fiqa-dir", "{fiqa}"), "nope", root="empty"),

@@ -1,10 +1,12 @@
 import json
+import shutil
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from fincompress.common import cli
+from fincompress.common import assets, cli, io
 from fincompress.common.data import data_fingerprint, read_split
 from fincompress.common.paths import FinCompressError
 from fincompress.common.raw_data import (
@@ -20,8 +22,23 @@ from fincompress.data import prepare_dataset as prep
 LABEL_NAMES = ("negative", "neutral", "positive")
 
 
+STAND_INS: set = set()  # folders of `write_release`: named as the release, not its bytes
+
+
+@pytest.fixture(autouse=True)
+def stand_in_releases_are_not_checksummed(monkeypatch):
+    """The synthetic release files carry the release's names: their checksums are set aside (the real
+    files' checksums are tested below)."""
+    checksum = assets.release_checksum
+    monkeypatch.setattr(assets, "release_checksum", lambda path: None if any(
+        parent in STAND_INS for parent in Path(path).resolve().parents) else checksum(path))
+    yield
+    STAND_INS.clear()
+
+
 def write_release(folder, sentences=90, fiqa=40):
     """A small release in the real files' formats: Sentences_AllAgree.txt (latin-1, CRLF) and FiQA JSON."""
+    STAND_INS.add(Path(folder).resolve())
     phrasebank = folder / "phrasebank" / "FinancialPhraseBank-v1.0"
     phrasebank.mkdir(parents=True)
     lines = [f"Company {i} reported item {i * 7} for Sepp\xe4l\xe4 .@{LABEL_NAMES[i % 3]}" for i in range(sentences)]
@@ -137,6 +154,7 @@ def test_phrasebank_re_encoded_as_utf8_is_refused_latin1_is_read(tmp_path):
 def test_release_zip_is_read_by_member_name_ignoring_macosx_entries(tmp_path):
     folder = tmp_path / "release"
     folder.mkdir()
+    STAND_INS.add(folder.resolve())
     with zipfile.ZipFile(folder / PHRASEBANK_ZIP, "w") as archive:
         archive.writestr("__MACOSX/FinancialPhraseBank-v1.0/._Sentences_AllAgree.txt", b"\x00\x05junk")
         archive.writestr("FinancialPhraseBank-v1.0/Sentences_AllAgree.txt", b"Profit rose .@positive\r\n")
@@ -148,6 +166,49 @@ def test_release_zip_is_read_by_member_name_ignoring_macosx_entries(tmp_path):
     (folder / "broken.zip").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(FinCompressError, match="broken.zip"):
         read_phrasebank(folder / "broken.zip", "all")
+
+
+def one_byte_changed(source: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    data = bytearray(source.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+@pytest.mark.parametrize("damaged", ["phrasebank", "fiqa"])
+def test_a_release_file_with_one_byte_changed_is_refused_naming_both_digests(phrasebank_dir, fiqa_dir, tmp_path,
+                                                                             capsys, damaged):
+    phrasebank, fiqa = tmp_path / "phrasebank", tmp_path / "fiqa"
+    original = prep.phrasebank_input(phrasebank_dir, "all")
+    shutil.copytree(fiqa_dir, fiqa, ignore=shutil.ignore_patterns("raw_2018_release", "unlabeled_test", "*.pdf"))
+    if damaged == "phrasebank":
+        changed = one_byte_changed(original, phrasebank / original.name)
+    else:
+        phrasebank.mkdir()
+        shutil.copyfile(original, phrasebank / original.name)
+        changed = one_byte_changed(fiqa_dir / "task1_post_ABSA_train.json", fiqa / "task1_post_ABSA_train.json")
+    expected = assets.release_checksum(changed)[1]
+    root = tmp_path / "root"
+    code = cli.run(prep.main, ["--root", str(root), "--source", "local", "--phrasebank-dir", str(phrasebank),
+                               "--fiqa-dir", str(fiqa)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{changed}: sha256 {io.sha256_file(changed)} is not the reference {expected}" in err
+    assert "fincompress.assets" in err  # the fix
+    assert not (root / "data").exists()
+
+
+def test_an_intact_copy_passes_and_a_user_csv_named_like_a_release_file_is_not_checked(phrasebank_dir, tmp_path):
+    copy = tmp_path / "copy" / "Sentences_AllAgree.txt"
+    copy.parent.mkdir()
+    shutil.copyfile(prep.phrasebank_input(phrasebank_dir, "all"), copy)
+    assert len(read_phrasebank(copy.parent, "all")) == 2264
+    own = tmp_path / "sent_train.csv"  # the tweets release's name, a user's own texts
+    own.write_text("text,label\n" + "".join(f"my text {i},{LABEL_NAMES[i % 3]}\n" for i in range(90)))
+    assert assets.release_checksum(own) is not None
+    info = prep.main(["--root", str(tmp_path / "root"), "--source", "csv", "--data-file", str(own)])
+    assert info["total"] == 90
 
 
 def test_missing_files_and_folders_are_named(tmp_path):

@@ -303,6 +303,45 @@ def verify_in_use(asset: Asset, folder: Path) -> None:
         _VERIFIED[folder] = stamps
 
 
+RELEASE_ASSETS = ("data/financial_phrasebank", "data/fiqa_2018", "data/twitter_financial_news")
+_RELEASE_VERIFIED: dict[Path, tuple] = {}  # release file -> the stamp it was verified with (once per process)
+
+
+def release_checksum(path: Path) -> tuple[Asset, str] | None:
+    """(asset, reference sha256) when `path` is named as a file of a dataset release the project knows,
+    wherever it lies (a folder given with --phrasebank-dir, --fiqa-dir, --shared-data ...); else None."""
+    name = Path(path).name
+    if name == PHRASEBANK_ZIP:  # looked up live: the pinned value, or the one a test sets for a synthetic zip
+        return ASSETS[RELEASE_ASSETS[0]], HUB_PHRASEBANK["sha256"]
+    for asset_name in RELEASE_ASSETS:
+        asset = ASSETS[asset_name]
+        for relative, digest in asset.checksums.items():
+            if PurePosixPath(relative).name == name:
+                return asset, digest
+    return None
+
+
+def verify_release_file(path: Path) -> None:
+    """Refuse, in one line naming the file, its sha256 and the reference, a file named as a known release
+    file whose bytes are not the release's. Other files (a user's own CSV) are not checked."""
+    known = release_checksum(path)
+    path = Path(path)
+    if known is None or not path.is_file():
+        return  # a missing file is the reader's error to name
+    asset, expected = known
+    stat = path.stat()
+    stamp = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, expected)
+    if _RELEASE_VERIFIED.get(path.resolve()) == stamp:
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise FinCompressError(f"{path}: sha256 {actual} is not the reference {expected} of {path.name} in "
+                               f"{asset.what}: a damaged or different copy; restore the original (`python -m "
+                               f"fincompress.assets --assets {asset.name}` fetches it), or give your own texts "
+                               f"with --source csv")
+    _RELEASE_VERIFIED[path.resolve()] = stamp
+
+
 def download_asset(asset: Asset) -> Path:
     """Fetch `asset` into the cache (plans in order), verify it, record SOURCE.json, then move it in place."""
     dest = cache_folder() / asset.name

@@ -8,7 +8,8 @@
 - A user's CSV of labelled texts (`text,label`, labels as names or ids).
 
 Used by data preparation, the assets resolver and the named KD transfer sets, so every reader of a
-release file parses it the same way. Every bad input is a one-line `FinCompressError` naming the file
+release file parses it the same way. `read_phrasebank` and `read_fiqa` check a file named as a release
+file against the release's sha256 (`assets.verify_release_file`) before parsing it. Every bad input is a one-line `FinCompressError` naming the file
 (and line or record) and what to do.
 """
 
@@ -192,10 +193,18 @@ def phrasebank_input(location: Path, agreement: str) -> Path:
     return find_phrasebank_file(location, agreement)  # raises, naming what is missing
 
 
+def verify_release(path: Path) -> Path:
+    """`path` checked against the reference sha256 of the release file it is named as (if any)."""
+    from fincompress.common.assets import verify_release_file  # assets reads this module's constants
+
+    verify_release_file(path)
+    return path
+
+
 def read_phrasebank(location: Path, agreement: str) -> pd.DataFrame:
     """Financial PhraseBank at one agreement level, from the release zip or a folder holding the release
-    (its extracted Sentences files, else its zip)."""
-    path = phrasebank_input(location, agreement)
+    (its extracted Sentences files, else its zip); a file named as the release must be the release."""
+    path = verify_release(phrasebank_input(location, agreement))
     if zipfile.is_zipfile(path):
         return read_phrasebank_zip(path, agreement)
     return parse_phrasebank_file(path)
@@ -309,8 +318,9 @@ def fiqa_inputs(directory: Path) -> list[Path]:
 
 
 def read_fiqa(directory: Path, threshold: float = FIQA_THRESHOLD) -> pd.DataFrame:
-    """FiQA from a folder: the release JSON files, else the Hub's Parquet splits."""
-    paths = fiqa_inputs(directory)
+    """FiQA from a folder: the release JSON files (each checked against its reference sha256), else the
+    Hub's Parquet splits."""
+    paths = [verify_release(path) for path in fiqa_inputs(directory)]
     if paths[0].suffix == ".parquet":
         return fiqa_sentences_from_targets(read_fiqa_parquet(paths), threshold)
     return pd.concat([parse_fiqa_file(path, threshold) for path in paths], ignore_index=True)
