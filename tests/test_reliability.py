@@ -43,6 +43,64 @@ def hidden(folder: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- 1. outputs as transactions
 
+BENCH = ["--variants", "teacher", "--runtimes", "torch", "--bf16", "off", "--no-timing", "--bootstrap-resamples", "100"]
+
+
+def results_set(root: Path) -> dict[str, bytes]:
+    """The bytes of every file of the default results set (with its reliability diagrams)."""
+    results = root / "results"
+    files = [*results.glob("benchmark_results.*"), results / "throughput.csv", *results.glob("plots/reliability_*")]
+    return {p.relative_to(results).as_posix(): p.read_bytes() for p in files
+            if p.is_file() and not p.name.endswith(".partial.csv")}
+
+
+def test_a_failure_after_the_csv_keeps_the_previous_results_set_readable(work_root, monkeypatch, capsys):
+    from fincompress.evaluation import benchmark, plots, reporting
+
+    benchmark.main(["--root", str(work_root), *BENCH])
+    before = results_set(work_root)
+    assert {"benchmark_results.csv", "benchmark_results.json", "throughput.csv",
+            "benchmark_results.generation.json"} <= set(before) and any(n.startswith("plots/") for n in before)
+    assert reporting.check_results_set(work_root).ok
+    write = reporting.atomic_write_text
+
+    def full_disk_at_the_json(path, text):
+        if Path(path).suffix == ".json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write(path, text)
+
+    monkeypatch.setattr(reporting, "atomic_write_text", full_disk_at_the_json)
+    code = cli.run(benchmark.main, ["--root", str(work_root), *BENCH, "--bootstrap-seed", "7"])
+    err = capsys.readouterr().err
+    assert code == 2 and "previous results set is as it was" in err and "Traceback" not in err
+    assert results_set(work_root) == before  # the CSV written before the failure never replaced the old one
+    assert reporting.check_results_set(work_root).ok
+    assert (work_root / "results" / "benchmark_results.partial.csv").is_file()  # the measured rows are kept
+    assert not hidden(work_root / "results")  # no staging folder left
+    assert set(plots.read_benchmark(work_root)["model_name"]) == {"teacher"}
+
+
+def test_a_reader_flags_a_results_set_whose_files_disagree(work_root, capsys):
+    from fincompress.evaluation import benchmark, plots, reporting
+
+    benchmark.main(["--root", str(work_root), *BENCH, "--no-reliability-plots"])
+    csv = work_root / "results" / "benchmark_results.csv"
+    good = csv.read_bytes()
+    csv.write_text(pd.read_csv(csv).assign(macro_f1=0.5).to_csv(index=False))  # another run's CSV beside this JSON
+    check = reporting.check_results_set(work_root)
+    assert check.state == "mixed" and not check.ok and str(csv) in check.message
+    capsys.readouterr()
+    assert cli.run(plots.main, ["--root", str(work_root)]) == 2
+    err = capsys.readouterr().err
+    assert "not one set" in err and "benchmark_results.csv" in err and len(err.strip().splitlines()) == 1
+    csv.write_bytes(good)
+    assert reporting.check_results_set(work_root).ok
+    (work_root / "results" / "throughput.csv").unlink()
+    assert reporting.check_results_set(work_root).state == "mixed"
+    reporting.generation_path(work_root).unlink()  # results of an older version: read, with a warning
+    assert reporting.check_results_set(work_root).state == "unrecorded"
+
+
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError(errno.ENOSPC, "No space left on device")])
 def test_an_interrupted_prepare_leaves_the_previous_complete_set(tmp_path, monkeypatch, failure):
     root = tmp_path / "root"

@@ -5,6 +5,9 @@ Reads and writes only what its callers name. Every writer of the project goes th
 - `publish_folder(tmp, dest)`: a whole folder (a variant, the prepared data, an asset) written into
   `private_temporary(dest)` and swapped in with two renames; a kill between them leaves `.NAME.old-*`,
   which the next writer of `dest` puts back (`recover(dest)`), so a reader sees the old set or the new one.
+- `publish_file_set(staged, record)`: several files that belong together at fixed paths (a results set)
+  renamed into place from a private staging folder, then a generation record naming each file's sha256
+  written last; `file_set_problems(record)` tells a reader whether the files on disk are that set.
 Temporary names are `.NAME.<kind>-HOST-PID-RANDOM` (kind tmp: being written, old: being replaced): private
 to their process, and judged stale once that process is gone (or after STALE_TEMPORARY_HOURS).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import csv
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -23,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fincompress.common.paths import FinCompressError
@@ -151,6 +156,99 @@ def publish_folder(tmp: Path, dest: Path) -> None:
         raise
     if old is not None:
         remove_path(old)
+
+
+# ----------------------------------------------------------------------------- sets of files at fixed paths
+
+def publish_file_set(staged: dict[Path, Path], record: Path, about: dict | None = None) -> dict:
+    """Rename each complete staged file onto its destination ({staged: destination}, one file system), then
+    write `record` (atomically, last): a generation id and the sha256 of every file, relative to the record's
+    folder. A reader comparing the files with the record sees whether they are one set (`file_set_problems`).
+    """
+    record = Path(record)
+    files = {}
+    for tmp, dest in staged.items():
+        files[Path(dest).relative_to(record.parent).as_posix()] = sha256_file(tmp)
+    for tmp, dest in staged.items():  # renames only: nothing can run out of space between them
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+    generation = {"generation": uuid.uuid4().hex, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  **(about or {}), "files": files}
+    atomic_write_text(record, json.dumps(generation, indent=2) + "\n")
+    return generation
+
+
+def read_generation(record: Path) -> dict | None:
+    """The generation record `record` (None when there is none); a damaged record is an error."""
+    record = Path(record)
+    if not record.is_file():
+        return None
+    try:
+        generation = json.loads(record.read_text(encoding="utf-8"))
+        files = generation["files"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise FinCompressError(f"{record}: not a readable generation record ({type(exc).__name__})") from None
+    if not isinstance(files, dict):
+        raise FinCompressError(f"{record}: not a readable generation record (no file list)")
+    return generation
+
+
+def file_set_problems(record: Path, generation: dict | None = None) -> list[str]:
+    """What differs between the files on disk and the set `record` names: missing or other files."""
+    record = Path(record)
+    generation = generation or read_generation(record) or {"files": {}}
+    problems = []
+    for relative, digest in generation["files"].items():
+        path = record.parent / relative
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+            continue
+        actual = sha256_file(path)
+        if actual != digest:
+            problems.append(f"{path} has sha256 {actual[:12]}..., the set records {str(digest)[:12]}...")
+    return problems
+
+
+@dataclass(frozen=True)
+class SetCheck:
+    """What a reader may trust of a set of files: "consistent" (the files are the recorded set), "mixed"
+    (a file differs from the record or is missing), "unrecorded" (files without a generation record:
+    written by an older version), or "absent" (nothing written yet)."""
+
+    state: str
+    message: str
+    generation: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "consistent"
+
+
+def check_file_set(record: Path, member: Path, command: str) -> SetCheck:
+    """Whether the files `record` names are on disk as recorded (`member`: a file of the set, to tell an
+    unrecorded set from none; `command`: what writes the set, for the message)."""
+    record = Path(record)
+    generation = read_generation(record)
+    if generation is None:
+        if Path(member).is_file():
+            return SetCheck("unrecorded", f"{record} not found: the files beside it cannot be checked as one set; "
+                            f"re-run `{command}` to record one")
+        return SetCheck("absent", f"{member} not found: run `{command}` first")
+    problems = file_set_problems(record, generation)
+    if problems:
+        return SetCheck("mixed", f"the files of {record} are not one set ({'; '.join(problems)}): they come from "
+                        f"different runs (one was interrupted or a file was replaced); re-run `{command}`",
+                        generation.get("generation"))
+    return SetCheck("consistent", f"set {generation.get('generation')} of {record}", generation.get("generation"))
+
+
+def require_file_set(check: SetCheck) -> SetCheck:
+    """Refuse a mixed set in one line; warn of an unrecorded one (older results); pass the rest."""
+    if check.state == "mixed":
+        raise FinCompressError(check.message)
+    if check.state == "unrecorded":
+        log.warning("%s", check.message)
+    return check
 
 
 # ----------------------------------------------------------------------------- files
@@ -311,13 +409,13 @@ def lock_holder(lock_file: Path) -> str:
         return "an unknown process"
 
 
-def acquire_lock(lock_file: Path, what: str) -> bool:
-    """Take the exclusive lock `lock_file` (fcntl.flock) or refuse in one line naming its holder.
+def acquire_lock(lock_file: Path, what: str, wait: float = 0.0) -> bool:
+    """Take the exclusive lock `lock_file` (fcntl.flock) or refuse in one line naming its holder; with `wait`,
+    wait up to that many seconds for the holder first (for locks held only while a short step runs).
 
     Returns False when this process already holds it. Held until `release_lock` or the process ends
     (the kernel drops a dead process's lock, so a killed run never leaves it locked).
     """
-    import fcntl
 
     if int(os.environ.get("RANK", "0") or 0) != 0:  # a data-parallel worker: rank 0 locks and writes for the group
         return False
@@ -327,16 +425,29 @@ def acquire_lock(lock_file: Path, what: str) -> bool:
     with file_system_errors(f"cannot lock {what}"):
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _flock(fd, wait):
         os.close(fd)
         raise FinCompressError(f"{what} is being written by another run ({lock_holder(lock_file)}, lock "
-                               f"{lock_file}); wait for it to finish, or choose another --output-name") from None
+                               f"{lock_file}); wait for it to finish, or choose another --output-name")
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
     _HELD[lock_file] = fd
     return True
+
+
+def _flock(fd: int, wait: float) -> bool:
+    """Whether the exclusive lock on `fd` was taken within `wait` seconds."""
+    import fcntl
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 def _lock_key(lock_file: Path) -> Path:
@@ -356,9 +467,9 @@ def release_lock(lock_file: Path) -> None:
 
 
 @contextmanager
-def locked(lock_file: Path, what: str) -> Iterator[None]:
+def locked(lock_file: Path, what: str, wait: float = 0.0) -> Iterator[None]:
     """Hold `lock_file` for the block (a lock this process already holds stays held after it)."""
-    taken = acquire_lock(lock_file, what)
+    taken = acquire_lock(lock_file, what, wait)
     try:
         yield
     finally:

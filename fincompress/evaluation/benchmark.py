@@ -38,7 +38,11 @@ fit one with `python -m fincompress.evaluation.calibration`). Reliability diagra
 results/plots/ (`--no-reliability-plots` to skip). `--no-timing` measures accuracy only. A variant whose
 outputs are not the project's 3 classes is refused (or skipped with `--skip-broken`). The results folder
 is checked writable before anything is measured; finished accuracy rows are kept in
-results/<stem>.partial.csv until the run completes. Settings and their flags: evaluation/settings.py.
+results/<stem>.partial.csv until the run completes. The CSV, the JSON, the throughput table and the
+reliability diagrams are published as one set with a generation record (evaluation/reporting.py): a
+failed run leaves the previous set as it was. A variant re-saved by another stage while it is being
+loaded is loaded again, so every row scores one complete version of it. Settings and their flags:
+evaluation/settings.py.
 
 bf16: on a CPU with avx512_bf16 or amx_bf16, `--bf16 auto` adds a `torch_bf16` row for the teacher
 (weights cast to bf16, PyTorch eager; F1 measured in bf16 too); `--bf16 on` adds one for every FP32
@@ -49,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +76,8 @@ from fincompress.evaluation.settings import BenchmarkSettings, add_settings_argu
 log = logging.getLogger("fincompress.benchmark")
 
 BF16_RUNTIME = "torch_bf16"
+RELOAD_ATTEMPTS = 5  # loads of a variant another stage keeps re-saving meanwhile, before giving up
+RELOAD_PAUSE_SECONDS = 0.2
 
 
 @dataclass
@@ -115,10 +122,38 @@ def to_bf16(predictor: TorchPredictor) -> TorchPredictor:
     return predictor
 
 
-def load_runtime(folder: Path, runtime: str, threads: int) -> Predictor:
+def _load_once(folder: Path, runtime: str, threads: int) -> Predictor:
     if runtime == BF16_RUNTIME:
         return to_bf16(load_variant(folder, runtime="torch", threads=threads))
     return load_variant(folder, runtime=runtime, threads=threads, ort_spinning=False)
+
+
+def folder_identity(folder: Path) -> tuple[int, int] | None:
+    """The folder's (device, inode): a stage re-saving a variant swaps in a new folder (`io.publish_folder`)."""
+    try:
+        stat = Path(folder).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def load_runtime(folder: Path, runtime: str, threads: int) -> Predictor:
+    """The variant loaded whole from one version of its folder: if another stage swapped a new version in
+    while it was read (the folder is another one afterwards), it is loaded again."""
+    for _ in range(RELOAD_ATTEMPTS):
+        before = folder_identity(folder)
+        try:
+            predictor = _load_once(folder, runtime, threads)
+        except Exception:  # noqa: BLE001 -- any read error of a half-swapped folder means: load again
+            if before is not None and folder_identity(folder) == before:
+                raise  # the folder did not change: the variant itself is broken
+        else:
+            if before is not None and folder_identity(folder) == before:
+                return predictor  # in memory now: a later re-save cannot reach it
+        log.warning("checkpoints/%s was re-saved while it was being loaded: loading it again", Path(folder).name)
+        time.sleep(RELOAD_PAUSE_SECONDS)
+    raise FinCompressError(f"{folder} was re-saved {RELOAD_ATTEMPTS} times while the benchmark loaded it (another "
+                           f"stage is writing it); run the benchmark again when that stage is done")
 
 
 def available_runtimes(root: Path, names: list[str], settings: BenchmarkSettings,
@@ -164,7 +199,7 @@ def runtime_plan(available: dict[str, list[str]], settings: BenchmarkSettings, i
     return plan, {"variants": bf16_names, "note": bf16_note}
 
 
-def score_and_time(root: Path, predictors: list[Predictor], test: tuple[list[str], np.ndarray],
+def score_and_time(plots: Path, predictors: list[Predictor], test: tuple[list[str], np.ndarray],
                    eval_sets: list[EvalSet], settings: BenchmarkSettings, skipped: list[dict],
                    partial: reporting.PartialRows | None) -> BenchmarkResult:
     """Accuracy and calibration on every set, then (unless --no-timing) latency and throughput."""
@@ -176,7 +211,6 @@ def score_and_time(root: Path, predictors: list[Predictor], test: tuple[list[str
             f"{s['variant']} ({s['runtime']}): {s['reason']}" for s in skipped))
     reference = scoring.add_intervals(rows, [p.argmax(-1) for p in probabilities], labels, settings.teacher,
                                       settings.bootstrap_resamples, settings.bootstrap_seed)
-    plots = results_dir(root) / "plots"
     if settings.reliability_plots:
         scoring.reliability_plots(plots, rows, labels, probabilities, scoring.TEST_SET)
     for eval_set in eval_sets:
@@ -194,9 +228,11 @@ def score_and_time(root: Path, predictors: list[Predictor], test: tuple[list[str
 
 
 def benchmark(root: Path, names: list[str], settings: BenchmarkSettings, isa: list[str] | None = None,
-              eval_sets: list[EvalSet] | None = None, partial: reporting.PartialRows | None = None
-              ) -> BenchmarkResult:
-    """Accuracy with intervals, calibration, latency and throughput of every variant x runtime (module doc)."""
+              eval_sets: list[EvalSet] | None = None, partial: reporting.PartialRows | None = None,
+              plots: Path | None = None) -> BenchmarkResult:
+    """Accuracy with intervals, calibration, latency and throughput of every variant x runtime (module doc).
+
+    Reliability diagrams go to `plots` (default results/plots; the command line stages them with its set)."""
     test = first_rows_of_every_class(read_split(root, "test"), settings.max_test_samples)
     skipped: list[dict] = []
     available = available_runtimes(root, names, settings, skipped)
@@ -205,7 +241,8 @@ def benchmark(root: Path, names: list[str], settings: BenchmarkSettings, isa: li
     try:
         torch.set_num_threads(settings.threads)
         predictors = load_predictors(root, plan, settings, skipped)
-        result = score_and_time(root, predictors, (test["text"].tolist(), test["label"].to_numpy()),
+        result = score_and_time(plots or results_dir(root) / "plots", predictors,
+                                (test["text"].tolist(), test["label"].to_numpy()),
                                 eval_sets or [], settings, skipped, partial)
     finally:
         torch.set_num_threads(previous_threads)  # the benchmark is also called in-process (notebooks, tests)
@@ -257,15 +294,18 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     provenance = reporting.variant_provenance(root, names, fingerprint)  # warns of stale variants before the run
     machine = cpu_metadata()
     partial = reporting.PartialRows(root, settings.output)
+    results = reporting.ResultsSet(root, settings.output)
     try:
-        result = benchmark(root, names, settings, isa=machine["isa"], eval_sets=eval_sets, partial=partial)
+        result = benchmark(root, names, settings, isa=machine["isa"], eval_sets=eval_sets, partial=partial,
+                           plots=results.plots)
     except BaseException:
+        results.discard()
         if partial.path.is_file():
             log.warning("the rows measured so far are in %s", partial.path)
         raise
     metadata = reporting.run_metadata(machine, settings, result, fingerprint, provenance, args.config_values)
     paths = reporting.write_results(root, result.rows, result.throughput, metadata, settings.output,
-                                    list(result.eval_sets))
+                                    list(result.eval_sets), results)
     partial.done()
     frame = pd.read_csv(paths[0])
     reporting.print_summary(frame, result, paths)

@@ -1,6 +1,7 @@
 """The study's plots, from the files the stages write (no Jupyter needed).
 
-Reads  <root>/results/benchmark_results.csv, <root>/results/pruning_curve.csv (if present),
+Reads  <root>/results/benchmark_results.csv (checked first against the benchmark's generation record,
+       benchmark_results.generation.json), <root>/results/pruning_curve.csv (if present),
        <root>/logs/student_*.csv (KD training curves, if present), <root>/results/seed_results.csv and
        seed_summary.csv (if present).
 Writes <root>/results/plots/pareto.png (macro F1 with its 95% interval vs batch-1 latency, bubble area =
@@ -27,7 +28,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fincompress.common import cli
-from fincompress.common.io import atomic_write
+from fincompress.common.io import atomic_write, check_file_set, require_file_set
 from fincompress.common.paths import FinCompressError, add_root_argument, logs_dir, project_root, results_dir
 
 FAMILY_COLOURS = {"teacher": "#222222", "distillation": "#1f77b4", "quantization": "#d62728",
@@ -86,7 +87,11 @@ def read_results_csv(path: Path, needed: tuple[str, ...], command: str) -> pd.Da
 
 
 def read_benchmark(root: Path) -> pd.DataFrame:
-    frame = read_results_csv(results_dir(root) / "benchmark_results.csv", BENCHMARK_NEEDS, BENCHMARK_COMMAND)
+    """results/benchmark_results.csv, once its generation record says it is one set with the JSON and the
+    throughput table (a mixed set is refused in one line; results without a record are read with a warning)."""
+    path = results_dir(root) / "benchmark_results.csv"
+    require_file_set(check_file_set(results_dir(root) / "benchmark_results.generation.json", path, BENCHMARK_COMMAND))
+    frame = read_results_csv(path, BENCHMARK_NEEDS, BENCHMARK_COMMAND)
     frame["family"] = frame["model_name"].astype(str).map(technique_family)
     return frame
 

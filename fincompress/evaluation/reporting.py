@@ -1,9 +1,14 @@
 """Reporting: what the benchmark writes, and what a results file says about where it came from.
 
 Writes <root>/results/<stem>.csv, <stem>.json and the throughput table (throughput.csv for the default
-stem, else <stem>_throughput.csv), each whole or not at all; while the run goes on, every finished
-accuracy row is kept in <root>/results/<stem>.partial.csv, removed once the three files are written,
-so a late failure keeps what was measured.
+stem, else <stem>_throughput.csv), and the run's reliability diagrams (results/plots/reliability_*.png),
+as one set: each file is written into a private staging folder (`ResultsSet`); only when all are
+complete are they renamed into place, then <root>/results/<stem>.generation.json is written last,
+naming the sha256 of every file of the set. A failure before that leaves the previous set as it was;
+readers (`check_results_set`: the plots, the server's /info) compare the files with the record and
+warn of, or refuse, a set whose files disagree. While the run goes on, every finished accuracy row is
+kept in <root>/results/<stem>.partial.csv, removed once the set is published, so a late failure keeps
+what was measured.
 """
 
 from __future__ import annotations
@@ -111,19 +116,74 @@ def result_columns(set_names: list[str]) -> list[str]:
     return COLUMNS + [column for name in set_names for column in set_columns(name)]
 
 
+GENERATION_SUFFIX = ".generation.json"
+PUBLISH_WAIT_SECONDS = 120  # another run publishing the same set holds its lock for a few renames only
+
+
+def generation_path(root: Path, stem: str = DEFAULT_OUTPUT) -> Path:
+    return results_dir(root) / f"{stem}{GENERATION_SUFFIX}"
+
+
+class ResultsSet:
+    """The files of one run of one --output name, staged in a private folder and published together."""
+
+    def __init__(self, root: Path, stem: str):
+        self.root, self.stem = Path(root), stem
+        anchor = results_dir(root) / stem  # staging folders are `.STEM.tmp-HOST-PID-RANDOM` beside it
+        io.recover(anchor)  # what killed runs left staged
+        self.staging = io.private_temporary(anchor)
+        self.plots = self.staging / "plots"  # the run's plots go here, then to results/plots/
+
+    def publish(self, files: list[Path]) -> dict:
+        """Rename the staged `files` and the staged plots into results/, then write the generation record."""
+        out = results_dir(self.root)
+        staged = {self.staging / path.name: path for path in files}
+        if self.plots.is_dir():
+            staged.update({plot: out / "plots" / plot.name for plot in sorted(self.plots.iterdir())})
+        lock = self.root / ".cache" / "locks" / f"results-{self.stem}.lock"
+        with io.locked(lock, f"results/{self.stem}", wait=PUBLISH_WAIT_SECONDS):
+            return io.publish_file_set(staged, generation_path(self.root, self.stem), {"output": self.stem})
+
+    def discard(self) -> None:
+        io.remove_path(self.staging)
+
+
 def write_results(root: Path, rows: list[dict], throughput: list[dict], metadata: dict, stem: str,
-                  set_names: list[str]) -> tuple[Path, Path, Path]:
-    """The three results files, each written whole or not at all."""
+                  set_names: list[str], results: ResultsSet | None = None) -> tuple[Path, Path, Path]:
+    """The three results files (and the run's staged plots) published as one set (module docstring)."""
     frame = pd.DataFrame(rows).reindex(columns=result_columns(set_names))
     table = pd.DataFrame(throughput, columns=THROUGHPUT_COLUMNS)
     paths = output_paths(root, stem)
-    kept = f"the rows measured are kept in {partial_path(root, stem)}"
-    with io.file_system_errors(f"cannot write the results to {paths[0].parent}", unchanged=kept):
-        atomic_write_text(paths[0], frame.to_csv(index=False))
-        atomic_write_text(paths[2], table.to_csv(index=False))
-        report = {"metadata": metadata, "rows": _records(frame), "throughput": _records(table)}
-        atomic_write_text(paths[1], json.dumps(report, indent=2, allow_nan=False) + "\n")
+    results = results or ResultsSet(root, stem)
+    kept = (f"the previous results set is as it was, and the rows measured are kept in "
+            f"{partial_path(root, stem)}")
+    try:
+        with io.file_system_errors(f"cannot write the results to {paths[0].parent}", unchanged=kept):
+            results.staging.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(results.staging / paths[0].name, frame.to_csv(index=False))
+            atomic_write_text(results.staging / paths[2].name, table.to_csv(index=False))
+            report = {"metadata": metadata, "rows": _records(frame), "throughput": _records(table)}
+            atomic_write_text(results.staging / paths[1].name, json.dumps(report, indent=2, allow_nan=False) + "\n")
+            results.publish(list(paths))
+    finally:
+        results.discard()
     return paths
+
+
+# ----------------------------------------------------------------------------- readers of a results set
+
+def check_results_set(root: Path, stem: str = DEFAULT_OUTPUT) -> io.SetCheck:
+    """Whether results/<stem>.* on disk are the files of one run (call before reading any of them).
+
+    `.ok` is True only for "consistent"; `.message` is one line saying what is wrong and what to do.
+    """
+    return io.check_file_set(generation_path(root, stem), output_paths(root, stem)[0],
+                             "python -m fincompress.evaluation.benchmark")
+
+
+def require_results_set(root: Path, stem: str = DEFAULT_OUTPUT) -> io.SetCheck:
+    """`check_results_set`, refusing a mixed set in one line and warning of an unrecorded one."""
+    return io.require_file_set(check_results_set(root, stem))
 
 
 def run_metadata(machine: dict, settings: BenchmarkSettings, result, fingerprint: str, provenance: dict,
