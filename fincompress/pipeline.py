@@ -47,7 +47,7 @@ DATA = "data/dataset_info.json"
 SEEDS_FOLDER = "seeds"
 # Settings that only set how much work a stage does: `--quick` takes these from the smoke preset.
 BUDGET_KEYS = ("max_steps", "batch_size", "sample_fraction", "calibration_samples", "observer_warmup_steps",
-               "rounds", "curve_targets", "max_val_samples", "num_runs", "warmup", "throughput_runs",
+               "rounds", "targets", "max_val_samples", "num_runs", "warmup", "throughput_runs",
                "max_test_samples", "transfer_size", "batch_sizes", "thread_counts", "bootstrap_resamples")
 # Study settings: every preset file names each one its stage has (tests/test_presets.py checks), so no
 # study value comes silently from the code. The code's own defaults are only for running a stage by hand.
@@ -102,7 +102,7 @@ STUDY = [
     _stage("teacher_qat_int8", "fincompress.quantization.qat", [DATA, TEACHER], seeded=True),
     _stage("pruned_30pct", "fincompress.pruning.prune_finetune", [DATA, TEACHER], seeded=True),
     _stage("pruned_50pct", "fincompress.pruning.prune_finetune", [DATA, TEACHER], seeded=True),
-    _stage("pruning_curve", "fincompress.pruning.prune_finetune", [DATA, TEACHER], ["results/pruning_curve.csv"]),
+    _stage("pruning_curve", "fincompress.pruning.curve", [DATA, TEACHER], ["results/pruning_curve.csv"]),
     # Stacked rows: each KD student, then INT8.
     _stage("student_vanilla_kd_ptq_int8", "fincompress.quantization.ptq", [DATA, variant("student_vanilla_kd")],
            seeded=True),

@@ -15,14 +15,13 @@ from fincompress.common.loader import load_fp32_model, load_variant
 from fincompress.common.paths import FinCompressError
 from fincompress.common.variants import count_parameters, save_fp32_variant
 from fincompress.distillation import soft_label_distillation
-from fincompress.pruning import prune_finetune
+from fincompress.pruning import curve, prune_finetune
 from fincompress.pruning.structured_pruning import (
     attention_parameter_count,
     entropy_importance,
     gradient_importance,
     head_counts,
     intermediate_sizes,
-    keep_masks,
     masked,
     remove_heads,
     remove_neurons,
@@ -31,6 +30,14 @@ from fincompress.pruning.structured_pruning import (
 
 TEXTS = ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn .", "The company cut 40 jobs .",
          "Shares were flat .", "Net sales decreased by 5 % in the third quarter of 2009 compared with a year ago ."]
+
+
+def keep_masks(sizes: list[int], removed: dict[int, list[int]]) -> list[torch.Tensor]:
+    """0/1 masks that switch off exactly the `removed` units ({layer: [unit, ...]})."""
+    masks = [torch.ones(size) for size in sizes]
+    for layer, units in removed.items():
+        masks[layer][list(units)] = 0.0
+    return masks
 
 
 def tiny_model(seed: int = 0, attention: str = "sdpa") -> BertForSequenceClassification:
@@ -137,30 +144,40 @@ def test_importance_scores_are_finite_and_rank_dead_heads_last(tokenizer):
     assert model.config._attn_implementation == "sdpa"  # eager was only borrowed for the attention maps
 
 
-def run_cli(argv: list[str]) -> int:
-    """What `python -m fincompress.pruning.prune_finetune` does: FinCompressError or argparse error -> exit 2."""
+def run_cli(argv: list[str], main=prune_finetune.main) -> int:
+    """What `python -m fincompress.pruning.<stage>` does: FinCompressError or argparse error -> exit 2."""
     try:
-        return cli.run(prune_finetune.main, argv)
+        return cli.run(main, argv)
     except SystemExit as exc:
         return exc.code
 
 
-@pytest.mark.parametrize(("extra", "fragment"), [
+PRUNE_BAD_INPUTS = [
     (["--target", "0"], "--target"), (["--target", "1"], "--target"), (["--target", "-0.3"], "--target"),
     (["--target", "1.2"], "--target"), (["--rounds", "0"], "--rounds"),
     (["--max-val-samples", "0"], "--max-val-samples"), (["--max-steps", "0"], "--max-steps"),
     (["--max-steps", "-1"], "--max-steps"), (["--batch-size", "0"], "--batch-size"),
     (["--temperature", "0"], "--temperature"), (["--alpha", "1.5"], "--alpha"), (["--ffn-prune", "1"], "--ffn-prune"),
-    (["--score-batches", "0"], "--score-batches"), (["--curve-targets", "0.5,0.2"], "--curve-targets"),
-    (["--curve-targets", "0.2,1.0"], "--curve-targets"),
+    (["--score-batches", "0"], "--score-batches"),
     (["--output-name", "teacher"], "input of this stage"),
     (["--output-name", "teacher", "--overwrite"], "input of this stage"), (["--output-name", "../x"], "--output-name"),
     (["--source", "no_such_model"], "source variant 'no_such_model' not found"),
     (["--target", "0.9"], "at most 6 can go"),  # tiny teacher: 2 layers x 4 heads, one head per layer stays
-])
-def test_bad_input_is_a_one_line_error_and_nothing_is_written(work_root, capsys, extra, fragment):
+]
+CURVE_BAD_INPUTS = [
+    (["--targets", "0.5,0.2"], "--targets"), (["--targets", "0.2,1.0"], "--targets"), (["--targets", ","], "--targets"),
+    (["--run-name", "../x"], "--run-name"), (["--ffn-prune", "1"], "--ffn-prune"),
+    (["--source", "no_such_model"], "source variant 'no_such_model' not found"),
+    (["--targets", "0.5,0.9"], "at most 6 can go"),
+]
+
+
+@pytest.mark.parametrize(("main", "extra", "fragment"),
+                         [(prune_finetune.main, *case) for case in PRUNE_BAD_INPUTS]
+                         + [(curve.main, *case) for case in CURVE_BAD_INPUTS])
+def test_bad_input_is_a_one_line_error_and_nothing_is_written(work_root, capsys, main, extra, fragment):
     teacher_before = (work_root / "checkpoints" / "teacher" / "model.safetensors").read_bytes()
-    code = run_cli(["--root", str(work_root), "--max-steps", "1", *extra])
+    code = run_cli(["--root", str(work_root), "--max-steps", "1", *extra], main)
     err = capsys.readouterr().err
     assert code == 2 and fragment in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if "error:" in line]) == 1
@@ -201,7 +218,7 @@ def test_cli_writes_a_smaller_variant_that_loads(work_root):
     assert curve["val_macro_f1"].between(0, 1).all()
 
 
-def test_cli_ffn_entropy_distill_and_curve_mode(work_root):
+def test_cli_ffn_entropy_distill_and_the_curve(work_root):
     # a KD student on the same training texts first: pruning recovery reuses the teacher logits it cached
     soft_label_distillation.main(["--root", str(work_root), "--max-steps", "1", "--student-layers", "1",
                                   "--student-hidden", "32", "--student-heads", "2", "--student-ffn", "64",
@@ -214,15 +231,15 @@ def test_cli_ffn_entropy_distill_and_curve_mode(work_root):
     assert len(cached) == 1 and np.load(cached[0]).shape == (96, 3)
     assert info["rounds"][0]["recovery"]["steps"] == 1
     assert load_variant(work_root / "checkpoints" / "pruned_25pct_ffn50").predict_proba(TEXTS).shape == (4, 3)
-    result = prune_finetune.main(["--root", str(work_root), "--curve-targets", "0.25,0.5,0.75"])
+    result = curve.main(["--root", str(work_root), "--targets", "0.25,0.5,0.75"])
     assert [r["heads_remaining"] for r in result["curve"]] == [8, 6, 4, 2]
     assert not any(r["recovered"] for r in result["curve"])
-    curve = pd.read_csv(result["curve_path"])
-    assert set(curve["run"]) == {"pruned_25pct_ffn50", "curve_gradient"}
+    written = pd.read_csv(result["curve_path"])
+    assert set(written["run"]) == {"pruned_25pct_ffn50", "curve_gradient"}
     assert not (work_root / "checkpoints" / "curve_gradient").exists()
     # the curve with recovery between the points: a row before and after each recovery
-    result = prune_finetune.main(["--root", str(work_root), "--curve-targets", "0.25,0.5", "--curve-recover",
-                                  "--max-steps", "1", "--output-name", "curve_recovered"])
+    result = curve.main(["--root", str(work_root), "--targets", "0.25,0.5", "--recover", "--max-steps", "1",
+                         "--run-name", "curve_recovered"])
     assert [(r["heads_remaining"], r["recovered"], r["recovery_steps"]) for r in result["curve"]] == [
         (8, False, 0), (6, False, 0), (6, True, 1), (4, False, 0), (4, True, 1)]
     assert sorted(p.name for p in (work_root / "checkpoints").iterdir()) == ["pruned_25pct_ffn50", "student_vanilla_kd",
