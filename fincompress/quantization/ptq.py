@@ -52,7 +52,7 @@ from fincompress.quantization.int8 import (
     stage_variant_files,
     staged_metrics,
 )
-from fincompress.quantization.recipe import RECIPES, Int8Recipe
+from fincompress.quantization.recipe import DEFAULT_RECIPE, RECIPES, Int8Recipe
 
 log = logging.getLogger("fincompress.ptq")
 
@@ -68,22 +68,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "--recipe dynamic -> <source>_dynamic_int8 (baseline)")
     add_recipe_arguments(parser, calibration_samples=CONFIG["calibration_samples"], seed=CONFIG["seed"],
                          recipes=list(RECIPES))
+    named_recipes_only(parser)
     parser.add_argument("--sensitivity", action="store_true",
                         help="also write results/<variant>_sensitivity.csv (per-group val macro F1; one extra "
                         "quantization + validation pass per group and direction)")
     return parser
 
 
+def named_recipes_only(parser: argparse.ArgumentParser) -> None:
+    """PTQ's `--recipe` offers the named recipes only, default `DEFAULT_RECIPE` (recipe.py says why):
+    the shared flag still lists QAT's deprecated `auto`, which nothing of PTQ's needs."""
+    flag = next(action for action in parser._actions if action.dest == "recipe")
+    flag.choices, flag.default = list(RECIPES), None  # None: not given (`--method` may still choose)
+    flag.help = f"INT8 recipe (fincompress/quantization/recipe.py); default {DEFAULT_RECIPE}"
+
+
 def reconcile_method(args: argparse.Namespace) -> None:
     """`--method` is the older name of the static/dynamic choice: fold it into `--recipe`."""
-    if args.method is None:
-        return
-    if args.method == "dynamic" and args.recipe not in ("auto", "dynamic"):
+    if args.method == "dynamic" and args.recipe not in (None, "dynamic"):
         raise FinCompressError(f"--method dynamic contradicts --recipe {args.recipe}; give one of them")
     if args.method == "static" and args.recipe == "dynamic":
         raise FinCompressError("--method static contradicts --recipe dynamic; give one of them")
-    if args.method == "dynamic":
-        args.recipe = "dynamic"
+    if args.recipe is None:
+        args.recipe = "dynamic" if args.method == "dynamic" else DEFAULT_RECIPE
 
 
 def default_output_name(source: str, recipe: Int8Recipe) -> str:

@@ -12,8 +12,13 @@ A recipe says which tensors become integers and how:
 - graph rewrites of the static graph that change its cost, not its numbers (`fuse_qkv`, `fold_bias`,
   `quantized_attention`, `transformer_optimizer`; see graph_rewrites.py).
 
-`RECIPES` names the recipes a user can pick (`--recipe`); `ISA_RECIPES` maps what the CPU offers
-to the static recipe that measured fastest there at equal accuracy (`--recipe auto`).
+`RECIPES` names the recipes a user can pick (`--recipe`). The default is one recipe, `static`
+(`DEFAULT_RECIPE`), not a choice per CPU: at FinBERT's shape it was fastest at equal accuracy on every
+CPU measured so far (the measurements are beside `DEFAULT_RECIPE` below), so a per-instruction-set
+table would map every CPU to it. A CPU where another recipe measures faster is the reason to
+reintroduce a choice. `--recipe auto` is kept as a deprecated alias of the default (the shared
+`--recipe` flag of PTQ and QAT still defaults to it); each variant records the CPU's INT8 instruction
+sets (`INT8_ISAS`) beside the recipe, so a result is traceable to the CPU that made it.
 The formulas are onnxruntime's own (`get_qmin_qmax_for_qType`, `compute_scale_zp`), so QAT's
 fake quantization and the deployed graph round alike.
 """
@@ -21,7 +26,7 @@ fake quantization and the deployed graph round alike.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,12 +99,6 @@ class Int8Recipe:
     def as_dict(self) -> dict:
         """The recipe as saved in checkpoint_info.json (`hyperparameters.recipe`)."""
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> Int8Recipe:
-        known = {f.name for f in dataclasses.fields(cls)}
-        # a recipe saved before `quantized_attention` existed made its graph without it
-        return cls(**{"quantized_attention": False, **{k: v for k, v in values.items() if k in known}})
 
     # ------------------------------------------------------------------ onnxruntime's names for it
 
@@ -182,46 +181,26 @@ RECIPES: dict[str, Int8Recipe] = {
                           quantize_head=True, fuse_qkv=False, fold_bias=False, quantized_attention=False),
 }
 
-# `--recipe auto`: the static recipe for each kind of x86 CPU, chosen by measurement at equal accuracy
-# (README, "FinBERT shape: speed by CPU"); a machine measured since updates these two names.
+# The default recipe, chosen by measurement at equal accuracy (docs/RESULTS.md, "FinBERT shape: speed by
+# CPU"); a machine measured since that favours another recipe is the reason to make this a choice again.
 # VNNI (AVX512-VNNI, AVX-VNNI, AMX): U8S8 multiplies-and-adds in one instruction without saturation.
 # Measured on an AMD EPYC Zen 5 (AVX512-VNNI), FinBERT shape, batch 1, 2 threads, attention fused in the
 # export: static 7.3 ms, static-reduce-range 7.2 (within run-to-run noise), static-plain 8.5,
 # static-optimized 8.4, static-u8u8 10.9 (no VNNI kernel for U8U8), dynamic 7.4 (not a static recipe).
 # 7-bit weights buy no measurable speed on VNNI (offline test F1 88.6 vs 89.1, inside the intervals),
 # so the full 8-bit "static".
-VNNI_RECIPE = "static"
 # AVX2 without VNNI: U8S8 pairs can saturate int16 sums (static-reduce-range avoids it, static-u8u8 uses
 # the unsaturated U8U8 kernel); not yet measured on this code, so the U8S8 recipe the published rows used.
-AVX2_RECIPE = "static"
-# CPU flags (/proc/cpuinfo names), most capable first, and the recipe each one selects.
-ISA_RECIPES: list[tuple[str, str]] = [
-    ("amx_int8", VNNI_RECIPE),
-    ("avx512_vnni", VNNI_RECIPE),
-    ("avx_vnni", VNNI_RECIPE),
-    ("avx2", AVX2_RECIPE),
-]
-FALLBACK_RECIPE = "static"  # no known INT8 instruction set (non-x86, or /proc/cpuinfo unreadable)
-
-
-def choose_recipe(cpu_flags: Iterable[str]) -> tuple[str, str | None]:
-    """(recipe name, the instruction set that decided it) for a CPU with these /proc/cpuinfo flags."""
-    flags = set(cpu_flags)
-    for isa, recipe in ISA_RECIPES:
-        if isa in flags:
-            return recipe, isa
-    return FALLBACK_RECIPE, None
+DEFAULT_RECIPE = "static"
+DEPRECATED_AUTO = "auto"  # the former per-CPU choice: every CPU mapped to DEFAULT_RECIPE
+# The INT8 instruction sets (/proc/cpuinfo names), most capable first, recorded with each variant.
+INT8_ISAS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx2")
 
 
 def resolve_recipe(choice: str, cpu_flags: Iterable[str]) -> tuple[Int8Recipe, dict]:
-    """The recipe for `--recipe CHOICE` ("auto" reads the CPU) and how it was chosen (for checkpoint_info)."""
-    flags = sorted(cpu_flags)
-    if choice == "auto":
-        name, isa = choose_recipe(flags)
-        how = {"requested": "auto", "decided_by": isa or "no known INT8 instruction set"}
-    elif choice in RECIPES:
-        name, how = choice, {"requested": choice}
-    else:
-        raise FinCompressError(f"--recipe {choice!r} is not one of auto, {', '.join(RECIPES)}")
-    known = [isa for isa, _ in ISA_RECIPES]
-    return RECIPES[name], {**how, "chosen": name, "cpu_isa": [f for f in known if f in set(flags)]}
+    """The recipe for `--recipe CHOICE` (`auto`: the default) and how it was chosen (for checkpoint_info)."""
+    name = DEFAULT_RECIPE if choice == DEPRECATED_AUTO else choice
+    if name not in RECIPES:
+        raise FinCompressError(f"--recipe {choice!r} is not one of {', '.join(RECIPES)}")
+    flags = set(cpu_flags)
+    return RECIPES[name], {"requested": choice, "chosen": name, "cpu_isa": [f for f in INT8_ISAS if f in flags]}
