@@ -45,6 +45,13 @@ CONFIG = {"bins": 15, "temperature_bounds": (0.05, 20.0), "batch_size": 64, "thr
 
 # ----------------------------------------------------------------------------- metrics
 
+def as_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """float64 rows renormalised to sum 1: a float32 softmax (the loader's) is off by ~1e-7 per row, which
+    sklearn's log_loss reports as "y_prob values do not sum to one"; the ranking of classes is unchanged."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return probabilities / probabilities.sum(axis=-1, keepdims=True)
+
+
 def ece_from_confidence(confidence: np.ndarray, correct: np.ndarray, axis: int = -1,
                         bins: int = CONFIG["bins"]) -> np.ndarray:
     """ECE over equal-mass bins of each 1-D slice along `axis` (any leading batch shape: bootstrap)."""
@@ -59,24 +66,24 @@ def ece_from_confidence(confidence: np.ndarray, correct: np.ndarray, axis: int =
 
 
 def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = CONFIG["bins"]) -> float:
-    probabilities = np.asarray(probabilities)
+    probabilities = as_probabilities(probabilities)
     correct = probabilities.argmax(axis=-1) == np.asarray(labels)
     return float(ece_from_confidence(probabilities.max(axis=-1), correct, bins=bins))
 
 
 def nll(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    return float(log_loss(labels, np.asarray(probabilities, dtype=np.float64), labels=list(range(len(LABELS)))))
+    return float(log_loss(labels, as_probabilities(probabilities), labels=list(range(len(LABELS)))))
 
 
 def brier(labels: np.ndarray, probabilities: np.ndarray) -> float:
     one_hot = np.eye(len(LABELS))[np.asarray(labels)]
-    return float(np.mean(np.sum((np.asarray(probabilities, dtype=np.float64) - one_hot) ** 2, axis=-1)))
+    return float(np.mean(np.sum((as_probabilities(probabilities) - one_hot) ** 2, axis=-1)))
 
 
 def calibration_metrics(labels: np.ndarray, probabilities: np.ndarray, resamples: int, seed: int) -> dict:
     """ECE with its bootstrap interval (texts resampled with `seed`), NLL and Brier."""
-    probabilities = np.asarray(probabilities)
-    confidence = probabilities.max(axis=-1).astype(np.float64)
+    probabilities = as_probabilities(probabilities)
+    confidence = probabilities.max(axis=-1)
     correct = (probabilities.argmax(axis=-1) == np.asarray(labels)).astype(np.float64)
     low, high = _percentile_interval((confidence, correct), ece_from_confidence, resamples, seed, 0.95)
     return {"ece": float(ece_from_confidence(confidence, correct)), "ece_ci_low": low, "ece_ci_high": high,
@@ -87,7 +94,7 @@ def reliability_diagram(labels: np.ndarray, probabilities: np.ndarray, path: Pat
     """Accuracy against confidence of the top class in equal-mass bins (sklearn's quantile strategy)."""
     from matplotlib.figure import Figure  # no pyplot state: works headless and in notebooks
 
-    probabilities = np.asarray(probabilities)
+    probabilities = as_probabilities(probabilities)
     correct = (probabilities.argmax(axis=-1) == np.asarray(labels)).astype(int)
     confidence = probabilities.max(axis=-1)
     accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=CONFIG["bins"], strategy="quantile")
