@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fincompress.common import cli
-from fincompress.common.batching import encode_unpadded, score_encoded
+from fincompress.common.batching import MAX_BATCH_TOKENS, encode_unpadded, measure_call_overhead, score_encoded
 from fincompress.common.io import atomic_write, atomic_write_text, check_writable, sha256_file
 from fincompress.common.loader import Predictor, load_variant, variant_runtimes
 from fincompress.common.paths import LABELS, FinCompressError, add_root_argument, project_root, variant_dir
@@ -39,7 +39,7 @@ LOG = logging.getLogger("fincompress.predict")
 # Defaults in one place (the flags' defaults).
 CONFIG = {
     "text_column": "text",
-    "max_batch_tokens": 4096,  # padded tokens per model call (longest text x texts), as the server's default
+    "max_batch_tokens": MAX_BATCH_TOKENS,  # padded tokens per model call (longest text x texts), as the server's
     "chunk_rows": 2048,  # rows scored between two progress records (what a killed run loses at most)
 }
 FORMATS = (".csv", ".jsonl")
@@ -283,21 +283,23 @@ def clear_progress(output: Path) -> None:
 # ----------------------------------------------------------------------------- scoring
 
 def score_chunk(predictor: Predictor, texts: Sequence[str], max_batch_tokens: int, raw_scores: bool,
-                progress: tqdm) -> np.ndarray:
+                progress: tqdm, call_overhead_tokens: float) -> np.ndarray:
     """Scores (n, 3) of one chunk of texts, in order, with the length-grouped batching."""
     encoded = encode_unpadded(predictor.tokenizer, texts, predictor.max_length)
-    return score_encoded(predictor, encoded, max_batch_tokens, raw_scores, on_batch=progress.update)
+    return score_encoded(predictor, encoded, max_batch_tokens, raw_scores, on_batch=progress.update,
+                         call_overhead_tokens=call_overhead_tokens)
 
 
 def score_rows(predictor: Predictor, corpus: Corpus, rows: list[int], args: argparse.Namespace,
                identity: dict, start: int) -> None:
     """Score `rows[start:]` chunk by chunk, recording each finished chunk beside the output."""
     renamed, _ = output_layout(corpus, args.raw_scores, args.shard is not None)
+    overhead = measure_call_overhead(predictor)  # how much batching pays off for this variant on this CPU
     with tqdm(total=len(rows), initial=start, desc=f"scoring {predictor.name}", unit="text") as progress:
         for begin in range(start, len(rows), args.chunk_rows):
             chunk = rows[begin:begin + args.chunk_rows]
             scores = score_chunk(predictor, [corpus.texts[i] for i in chunk], args.max_batch_tokens,
-                                 args.raw_scores, progress)
+                                 args.raw_scores, progress, overhead)
             results = result_rows(chunk, corpus, scores, renamed, args.raw_scores, args.shard)
             record_chunk(args.output, results, identity, begin + len(chunk))
 

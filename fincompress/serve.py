@@ -20,6 +20,7 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from fincompress.common import cli
+from fincompress.common.batching import MAX_BATCH_TOKENS
 from fincompress.common.paths import FinCompressError, add_root_argument, project_root, variant_dir
 
 if TYPE_CHECKING:
@@ -31,10 +32,11 @@ DEFAULTS = {
     "host": "127.0.0.1",
     "port": 8080,
     "workers": 1,
-    "max_batch_tokens": 4096,
+    "max_batch_tokens": MAX_BATCH_TOKENS,
     "max_batch_size": None,
     "max_wait_ms": 2.0,
     "max_queue": 256,
+    "call_overhead_tokens": None,  # measured at start-up for the variant and CPU
     "max_texts_per_request": 64,
     "max_body_bytes": 1_000_000,
 }
@@ -71,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-wait-ms", type=cli.non_negative_float, default=d["max_wait_ms"],
                         help="how long the model thread waits after the first queued text for more "
                         "(default %(default)s; 0: take only what has arrived)")
+    parser.add_argument("--call-overhead-tokens", type=cli.non_negative_float, default=d["call_overhead_tokens"],
+                        help="the fixed cost of one model call in padded tokens: texts of different lengths "
+                        "share a call only when that costs less than another call (default: measured at "
+                        "start-up for this variant and CPU; GET /info shows it)")
     parser.add_argument("--max-queue", type=cli.positive_int, default=d["max_queue"],
                         help="texts accepted and not yet answered per worker; beyond it requests get 429 "
                         "(default %(default)s)")
@@ -88,7 +94,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     from fincompress.serving.batcher import BatchSettings
 
     batch = BatchSettings(max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
-                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                          call_overhead_tokens=args.call_overhead_tokens)
     threads = args.threads or max(1, available_cores() // args.workers)
     return ServeSettings(root=str(project_root(args.root)), variant=args.variant, runtime=args.runtime,
                          threads=threads, workers=args.workers, max_texts_per_request=args.max_texts_per_request,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
+from fincompress.common import batching
 from fincompress.common.batching import encode_unpadded, pad_batch, plan_batches, score_texts
 from fincompress.common.data import read_split
 from fincompress.common.loader import load_variant
@@ -37,6 +40,82 @@ def test_plan_caps_the_batch_size_and_refuses_a_zero_budget():
     with pytest.raises(FinCompressError, match="token budget"):
         plan_batches([1], max_batch_tokens=0)
     assert plan_batches([], max_batch_tokens=10) == []
+
+
+def plan_cost(lengths: list[int], batches: list[list[int]], overhead: float) -> float:
+    return sum(overhead + len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def cheapest_cost_by_brute_force(lengths: list[int], budget: int, overhead: float) -> float:
+    """Every way to cut the sorted texts into consecutive batches within the budget: the least cost."""
+    ordered = sorted(lengths)
+    best = float("inf")
+    for cuts in itertools.product([False, True], repeat=len(ordered) - 1):
+        batches, current = [], [ordered[0]]
+        for length, cut in zip(ordered[1:], cuts):
+            if cut:
+                batches.append(current)
+                current = []
+            current.append(length)
+        batches.append(current)
+        if all(len(b) * max(b) <= budget or len(b) == 1 for b in batches):
+            best = min(best, sum(overhead + len(b) * max(b) for b in batches))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("overhead", [0, 10, 64, 1000])
+def test_plan_is_the_cheapest_cut_of_the_sorted_texts(seed, overhead):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 60, size=9).tolist()
+    lengths[:2] = [lengths[2]] * 2  # repeated lengths too
+    batches = plan_batches(lengths, max_batch_tokens=150, call_overhead_tokens=overhead)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert plan_cost(lengths, batches, overhead) == pytest.approx(
+        cheapest_cost_by_brute_force(lengths, 150, overhead))
+
+
+def test_call_overhead_decides_between_padding_and_another_call():
+    lengths = [10, 10, 12, 40]
+    free_calls = plan_batches(lengths, max_batch_tokens=4096, call_overhead_tokens=0)
+    assert sorted(sorted(lengths[i] for i in b) for b in free_calls) == [[10, 10], [12], [40]]  # no padding at all
+    dear_calls = plan_batches(lengths, max_batch_tokens=4096, call_overhead_tokens=1000)
+    assert [len(b) for b in dear_calls] == [4]  # one call, padded to 40
+
+
+class ClockedModel:
+    """A predictor whose every call takes `fixed + per_token x padded tokens` seconds on a fake clock."""
+
+    def __init__(self, tokenizer, fixed: float, per_token: float):
+        self.tokenizer, self.fixed, self.per_token, self.now = tokenizer, fixed, per_token, 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def logits(self, inputs):
+        self.now += self.fixed + self.per_token * inputs["input_ids"].size
+        return np.zeros((len(inputs["input_ids"]), 3), dtype=np.float32)
+
+
+@pytest.mark.parametrize(("fixed", "per_token", "expected"), [(0.002, 1e-5, 200.0), (0.0, 1e-5, 0.0),
+                                                                (1.0, 1e-6, 4096.0)])
+def test_call_overhead_is_the_fixed_cost_in_tokens(trained_root, monkeypatch, fixed, per_token, expected):
+    tokenizer = load_variant(trained_root / "checkpoints" / "teacher", runtime="torch").tokenizer
+    model = ClockedModel(tokenizer, fixed, per_token)
+    monkeypatch.setattr(batching.time, "perf_counter", model.clock)
+    assert batching.measure_call_overhead(model) == pytest.approx(expected, abs=1e-6)  # clamped at 4096
+
+
+def test_call_overhead_of_a_real_variant_is_a_token_count(trained_root):
+    predictor = load_variant(trained_root / "checkpoints" / "teacher", runtime="torch")
+    assert 0.0 <= batching.measure_call_overhead(predictor, repeats=2) <= 4096.0
+
+
+def test_plan_of_a_large_corpus_covers_it_within_the_budget():
+    lengths = np.random.default_rng(0).integers(5, 129, size=100_000).tolist()
+    batches = plan_batches(lengths, max_batch_tokens=4096)
+    assert sum(len(b) for b in batches) == len(lengths)
+    assert all(len(b) * max(lengths[i] for i in b) <= 4096 for b in batches)
 
 
 def test_padding_is_masked_and_typed_for_the_model(trained_root):

@@ -265,7 +265,6 @@ def test_wrk_script_rotates_the_bodies_file(tmp_path):
 # ----------------------------------------------------------------------------- against fincompress.serve
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (Path(loadtest.__file__).parents[1] / "serve.py").is_file(), reason="no server module")
 def test_against_the_real_server(work_root, tmp_path):
     port = loadtest.free_port()
     server = subprocess.Popen([sys.executable, "-m", "fincompress.serve", "--variant", "teacher", "--root",
@@ -281,6 +280,7 @@ def test_against_the_real_server(work_root, tmp_path):
     row = read_rows(work_root)[0]
     assert row["variant"] == "teacher" and row["threads"] == "1" and row["workers"] == "1"
     assert int(row["ok"]) == 10 and float(row["mean_batch_texts"]) >= 1
+    assert float(row["rss_start_mb"]) > 10 and float(row["rss_end_mb"]) > 10  # the server's memory, read from /metrics
 
 
 def test_free_port_is_bindable():

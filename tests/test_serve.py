@@ -31,7 +31,8 @@ from fincompress.serving.batcher import Batcher, BatchSettings, ModelError, Obse
 TOLERANCE = 1e-4
 START_TIMEOUT_SECONDS = 300  # a readiness wait (a busy machine loads slowly), not an assertion on speed
 METRICS = ("fincompress_requests_total", "fincompress_request_seconds", "fincompress_batch_texts",
-           "fincompress_batch_tokens", "fincompress_queue_texts", "fincompress_model_seconds")
+           "fincompress_batch_tokens", "fincompress_queue_texts", "fincompress_model_seconds",
+           "fincompress_resident_memory_bytes")
 LONG_TEXT = " ".join(["profit rose"] * 150)  # well over the 128 tokens the model reads
 
 

@@ -8,14 +8,25 @@ its batch-1 scores (padding is masked), which tests assert for every runtime.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
 
-from fincompress.common.loader import ONNX_INPUTS, Predictor
 from fincompress.common.paths import LABELS, FinCompressError
+
+if TYPE_CHECKING:  # light at import: `fincompress.serve` reads the defaults below before torch is loaded
+    from transformers import PreTrainedTokenizerBase
+
+    from fincompress.common.loader import Predictor
+
+# Defaults of the server and of batch scoring, defined here once.
+MAX_BATCH_TOKENS = 4096  # padded tokens (texts x longest text) per model call
+# The fixed cost of one model call in padded tokens, when it is not measured (`measure_call_overhead`).
+CALL_OVERHEAD_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ def encode_unpadded(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], ma
 
 def pad_batch(texts: Sequence[EncodedText], pad_token_id: int) -> dict[str, np.ndarray]:
     """The model inputs of one batch (int64 arrays `ONNX_INPUTS`), padded to its longest text."""
+    from fincompress.common.loader import ONNX_INPUTS  # here, not at the top: see the imports
     width = max(len(t) for t in texts)
     arrays = {name: np.zeros((len(texts), width), dtype=np.int64) for name in ONNX_INPUTS}
     arrays["input_ids"].fill(pad_token_id)
@@ -50,36 +62,96 @@ def pad_batch(texts: Sequence[EncodedText], pad_token_id: int) -> dict[str, np.n
     return arrays
 
 
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int | None = None) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int | None = None,
+                 call_overhead_tokens: float = CALL_OVERHEAD_TOKENS) -> list[list[int]]:
     """Indices of texts grouped by length: each batch's longest length x size <= `max_batch_tokens`.
 
-    A single text longer than the budget still forms its own batch (it must be answered).
+    The texts are sorted by length and cut into consecutive batches so that the estimated work is least:
+    a model call costs its padded tokens (size x longest) plus `call_overhead_tokens`, the fixed cost of
+    one call expressed in tokens. So short texts are not padded to a long one when a second call costs
+    less than the padding, and many texts of one length share one call. A single text longer than the
+    budget still forms its own batch (it must be answered).
     """
     if max_batch_tokens < 1:
         raise FinCompressError(f"the token budget must be at least 1, not {max_batch_tokens}")
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    # Work over the distinct lengths (at most max_length + 1 of them), not the texts: any corpus size is cheap.
+    counts = Counter(lengths)
+    distinct = sorted(counts)
+    ends = list(np.cumsum([0] + [counts[v] for v in distinct]))
+    groups = _cheapest_groups(distinct, ends, lambda longest: _batch_cap(longest, max_batch_tokens, max_batch_size),
+                              call_overhead_tokens)
     batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        # Sorted ascending, so the newest text is the batch's longest.
-        too_many_tokens = lengths[index] * (len(current) + 1) > max_batch_tokens
-        too_many_texts = max_batch_size is not None and len(current) >= max_batch_size
-        if current and (too_many_tokens or too_many_texts):
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
+    for first, last, cap in groups:
+        members = order[first:last]
+        batches.extend(members[i:i + cap] for i in range(0, len(members), cap))
     return batches
 
 
+def _batch_cap(longest: int, max_batch_tokens: int, max_batch_size: int | None) -> int:
+    """Texts of length `longest` one call may hold (at least 1)."""
+    cap = max(1, max_batch_tokens // max(longest, 1))
+    return min(cap, max_batch_size) if max_batch_size is not None else cap
+
+
+def _cheapest_groups(distinct: list[int], ends: list[int], cap_of: Callable[[int], int],
+                     overhead: float) -> list[tuple[int, int, int]]:
+    """(first, last, cap) text ranges of the sorted texts: a dynamic programme over the distinct lengths, where
+    the range of lengths (i, j] is padded to distinct[j - 1] and split into calls of at most its cap."""
+    best = [0.0] + [float("inf")] * len(distinct)
+    start = [0] * (len(distinct) + 1)
+    for j in range(1, len(distinct) + 1):
+        longest, cap = distinct[j - 1], cap_of(distinct[j - 1])
+        for i in range(j):
+            texts = ends[j] - ends[i]
+            cost = best[i] + -(-texts // cap) * overhead + texts * longest
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    groups, j = [], len(distinct)
+    while j > 0:
+        i = start[j]
+        groups.append((int(ends[i]), int(ends[j]), cap_of(distinct[j - 1])))
+        j = i
+    return groups[::-1]
+
+
+def measure_call_overhead(predictor: Predictor, length: int = 32, texts: int = 8, repeats: int = 5) -> float:
+    """The fixed cost of one model call of this variant on this CPU, in padded tokens.
+
+    Times one text and `texts` texts of `length` tokens (best of `repeats`) and fits time = a + b x tokens:
+    the overhead is a / b. Per-operator overhead dominates a small model, arithmetic a large one, so the
+    right amount of batching differs by variant and CPU: measured, not assumed. Clamped to [0, 4096].
+    """
+    ids = predictor.tokenizer("Operating profit rose compared with the previous quarter.")["input_ids"]
+    body = (ids[1:-1] * length)[:max(length - 2, 0)]
+    text = EncodedText([ids[0], *body, ids[-1]], [0] * (len(body) + 2))
+    pad_id = predictor.tokenizer.pad_token_id or 0
+
+    def best_seconds(batch: int) -> float:
+        inputs = pad_batch([text] * batch, pad_id)
+        predictor.logits(inputs)  # first call of a shape: not timed
+        timings = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predictor.logits(inputs)
+            timings.append(time.perf_counter() - start)
+        return min(timings)
+
+    one, many = best_seconds(1), best_seconds(texts)
+    per_token = (many - one) / ((texts - 1) * len(text))
+    if per_token <= 0:  # a batch cost no more than one text: calls are all overhead
+        return 4096.0
+    return float(min(max((one - per_token * len(text)) / per_token, 0.0), 4096.0))
+
+
 def score_encoded(predictor: Predictor, texts: Sequence[EncodedText], max_batch_tokens: int,
-                  raw_scores: bool = False, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+                  raw_scores: bool = False, on_batch: Callable[[int], None] | None = None,
+                  call_overhead_tokens: float = CALL_OVERHEAD_TOKENS) -> np.ndarray:
     """Scores (N, 3) of tokenized texts in input order: probabilities (calibrated when the variant
     is), or raw logits with `raw_scores`. `on_batch(n)` is called after each batch of n texts."""
     scores = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
     pad_id = predictor.tokenizer.pad_token_id or 0
-    for batch in plan_batches([len(t) for t in texts], max_batch_tokens):
+    for batch in plan_batches([len(t) for t in texts], max_batch_tokens, None, call_overhead_tokens):
         logits = predictor.logits(pad_batch([texts[i] for i in batch], pad_id))
         scores[batch] = logits if raw_scores else predictor.probabilities(logits)
         if on_batch is not None:

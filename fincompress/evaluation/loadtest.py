@@ -58,7 +58,8 @@ CEILING_VARIANT = "client-ceiling"
 ERROR_KINDS = ("429", "5xx", "4xx", "connection")  # "connection": no HTTP answer (refused, reset, timed out)
 COLUMNS = ["created_at", "variant", "runtime", "threads", "workers", "client", "processes", "mode",
            "concurrency", "rate", "requests", "seconds", "ok", "throughput", "p50_ms", "p95_ms", "p99_ms",
-           *(f"errors_{kind}" for kind in ERROR_KINDS), "late_sends", "mean_batch_texts", "client_ceiling",
+           *(f"errors_{kind}" for kind in ERROR_KINDS), "late_sends", "mean_batch_texts", "rss_start_mb",
+           "rss_end_mb", "client_ceiling",
            "client_bound", "cpu", "isa", "url"]
 SERVING_CSV = "serving.csv"
 PLOT_NAME = "serving_p99.png"
@@ -418,24 +419,33 @@ def server_info(url: str) -> dict:
                                "(`python -m fincompress.serve --variant NAME`)?") from exc
 
 
-def batch_totals(url: str) -> tuple[float, float] | None:
-    """(sum, count) of the server's `fincompress_batch_texts` histogram, over all its series; None if absent."""
+def metric_sums(url: str) -> dict[str, float] | None:
+    """The server's /metrics samples, each name summed over its series (and workers); None if unreadable."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        text = httpx.get(url + "/metrics", timeout=10).text
-        families = list(text_string_to_metric_families(text))
+        families = list(text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text))
     except (httpx.HTTPError, ValueError):
         return None
-    totals = {"fincompress_batch_texts_sum": 0.0, "fincompress_batch_texts_count": 0.0}
-    found = False
+    sums: dict[str, float] = {}
     for family in families:
         for sample in family.samples:
-            if sample.name in totals:
-                totals[sample.name] += sample.value
-                found = True
-    return (totals["fincompress_batch_texts_sum"], totals["fincompress_batch_texts_count"]) if found else None
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return sums
+
+
+def batch_totals(sums: dict[str, float] | None) -> tuple[float, float] | None:
+    """(sum, count) of the server's `fincompress_batch_texts` histogram; None if absent."""
+    if not sums or "fincompress_batch_texts_count" not in sums:
+        return None
+    return sums.get("fincompress_batch_texts_sum", 0.0), sums["fincompress_batch_texts_count"]
+
+
+def resident_mb(sums: dict[str, float] | None) -> float | str:
+    """The server's resident memory in MB (all workers); blank when it does not report it."""
+    value = (sums or {}).get("fincompress_resident_memory_bytes")
+    return round(value / 1e6, 1) if value else ""
 
 
 def mean_batch(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | str:
@@ -514,7 +524,7 @@ class Plan:
 def measure(url: str, plan: Plan, mode: str, value: float) -> dict:
     """One level: throughput, percentiles, errors by kind and the server's mean batch size."""
     spec = LevelSpec(url, plan.bodies, mode, value, plan.requests, plan.seconds, plan.timeout, seed=plan.seed)
-    before = batch_totals(url)
+    before = metric_sums(url)
     if plan.client == "wrk":
         result = wrk_client(spec, plan.processes)
         stats = {k: result.get(k, math.nan) for k in ("p50_ms", "p95_ms", "p99_ms")}
@@ -527,11 +537,13 @@ def measure(url: str, plan: Plan, mode: str, value: float) -> dict:
         if late and late > 0.01 * sent:
             log.warning("rate %s/s: %d of %d requests left more than %g ms late: the client cannot keep this "
                         "rate (try --processes or a lower rate)", value, late, sent, LATE_SEND_MS)
+    after = metric_sums(url)
     row = {"mode": mode, "concurrency": int(value) if mode == "closed" else "",
            "rate": value if mode == "open" else "", "requests": sent, "seconds": round(seconds, 3), "ok": ok,
            "throughput": round(ok / max(seconds, 1e-9), 3), **{k: round(v, 3) for k, v in stats.items()},
            **{f"errors_{kind}": errors.get(kind, 0) for kind in ERROR_KINDS}, "late_sends": late,
-           "mean_batch_texts": mean_batch(before, batch_totals(url))}
+           "mean_batch_texts": mean_batch(batch_totals(before), batch_totals(after)),
+           "rss_start_mb": resident_mb(before), "rss_end_mb": resident_mb(after)}
     log.info("%s %s: %.1f sentences/s, p99 %.1f ms, errors %s", mode,
              f"concurrency {int(value)}" if mode == "closed" else f"rate {value}/s", row["throughput"],
              row["p99_ms"], {k: v for k, v in errors.items() if v} or "none")

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fincompress.common.batching import score_texts
+from fincompress.common.batching import measure_call_overhead, score_texts
 from fincompress.common.hardware import cpu_metadata
 from fincompress.common.loader import Predictor, load_variant
 from fincompress.common.paths import LABELS, results_dir, variant_dir
@@ -226,9 +226,14 @@ def _lifespan(settings: ServeSettings, given: Predictor | None):
         predictor = given or await asyncio.to_thread(load_predictor, settings)
         # One real call before /health says yes: a model that cannot run is found before traffic.
         await asyncio.to_thread(score_texts, predictor, [WARM_UP_TEXT], settings.batch.max_batch_tokens)
-        app.state.predictor = predictor
-        app.state.description = describe(settings, predictor)
-        app.state.batcher = Batcher(predictor, settings.batch, _observer(app.state.metrics))
+        batch = settings.batch
+        if batch.call_overhead_tokens is None:  # measured for this variant on this CPU; /info shows the value
+            overhead = await asyncio.to_thread(measure_call_overhead, predictor)
+            batch = replace(batch, call_overhead_tokens=round(overhead, 1))
+        serving = replace(settings, batch=batch)
+        app.state.predictor, app.state.settings = predictor, serving
+        app.state.description = describe(serving, predictor)
+        app.state.batcher = Batcher(predictor, batch, _observer(app.state.metrics))
         app.state.ready = True
         log.info("serving %s (%s, %d threads) in process %d", predictor.name, predictor.runtime,
                  settings.threads, os.getpid())
@@ -255,13 +260,33 @@ def _add_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "invalid request", "Validation")
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
+
+class RequestMetrics:
+    """Pure ASGI middleware counting every HTTP answer by route and status, with its seconds.
+
+    Not Starlette's `BaseHTTPMiddleware`: that one runs each request through an extra task and stream,
+    a cost paid on every /predict call."""
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        route = request.url.path if request.url.path in ROUTES else "other"  # bounded label values
-        response = await call_next(request)
-        app.state.metrics.observe_request(route, response.status_code, time.perf_counter() - start)
-        return response
+        route = scope["path"] if scope["path"] in ROUTES else "other"  # bounded label values
+        status = [500]  # an app that raises before it answers is counted as a 500
+
+        async def send_with_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            self.metrics.observe_request(route, status[0], time.perf_counter() - start)
 
 
 def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> FastAPI:
@@ -269,6 +294,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     app = FastAPI(title="FinCompress", lifespan=_lifespan(settings, predictor), docs_url=None, redoc_url=None)
     app.state.settings, app.state.ready, app.state.metrics = settings, False, ServerMetrics()
     _add_handlers(app)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_api_route("/predict", predict, methods=["POST"])
 
     @app.get("/health")

@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fincompress.common.batching import EncodedText, encode_unpadded, pad_batch, plan_batches
+from fincompress.common.batching import (
+    CALL_OVERHEAD_TOKENS,
+    MAX_BATCH_TOKENS,
+    EncodedText,
+    encode_unpadded,
+    pad_batch,
+    plan_batches,
+)
 from fincompress.common.loader import Predictor
 from fincompress.common.paths import LABELS
 
@@ -53,10 +60,11 @@ class ModelError(Exception):
 
 @dataclass(frozen=True)
 class BatchSettings:
-    max_batch_tokens: int = 4096
+    max_batch_tokens: int = MAX_BATCH_TOKENS
     max_batch_size: int | None = None
     max_wait_ms: float = 2.0
     max_queue: int = 256
+    call_overhead_tokens: float | None = None  # None: the server measures it at start-up
 
 
 @dataclass
@@ -97,6 +105,8 @@ class Batcher:
         self._lock = threading.Lock()
         self._pending = 0  # texts accepted and not yet answered
         self._closed = False
+        overhead = settings.call_overhead_tokens
+        self._call_overhead = CALL_OVERHEAD_TOKENS if overhead is None else overhead
         self._thread = threading.Thread(target=self._run, name="fincompress-model", daemon=True)
         self._thread.start()
 
@@ -204,7 +214,7 @@ class Batcher:
         live = [i for i, (request, _) in enumerate(owners) if not request.future.done()]
         pad_id = self.predictor.tokenizer.pad_token_id or 0
         plan = plan_batches([len(encoded[i]) for i in live], self.settings.max_batch_tokens,
-                            self.settings.max_batch_size)
+                            self.settings.max_batch_size, self._call_overhead)
         for batch in plan:
             indices = [live[i] for i in batch]
             batch_requests = {id(owners[i][0]): owners[i][0] for i in indices}.values()

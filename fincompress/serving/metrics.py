@@ -24,7 +24,7 @@ def multiprocess_mode() -> bool:
 
 
 class ServerMetrics:
-    """The six metrics of one server process, in a registry of their own (several apps in one test process
+    """The seven metrics of one server process, in a registry of their own (several apps in one test process
     do not collide)."""
 
     def __init__(self) -> None:
@@ -43,6 +43,10 @@ class ServerMetrics:
                                  registry=reg, multiprocess_mode="livesum")
         self.model_seconds = Histogram("fincompress_model_seconds", "Time of one model call",
                                        buckets=SECONDS_BUCKETS, registry=reg)
+        # livesum: the resident memory of every live worker, added up (a soak test watches it stay flat).
+        self.resident_bytes = Gauge("fincompress_resident_memory_bytes", "Resident memory of the server processes",
+                                    registry=reg, multiprocess_mode="livesum")
+        self.resident_bytes.set(resident_memory_bytes())
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
@@ -52,6 +56,7 @@ class ServerMetrics:
         self.batch_texts.observe(texts)
         self.batch_tokens.observe(tokens)
         self.model_seconds.observe(seconds)
+        self.resident_bytes.set(resident_memory_bytes())
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition (summed over workers in multiprocess mode) and its content type."""
@@ -62,6 +67,15 @@ class ServerMetrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def resident_memory_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 where the OS has no such file)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def mark_worker_dead() -> None:
