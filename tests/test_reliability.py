@@ -38,7 +38,8 @@ def dead_pid() -> int:
 
 
 def hidden(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    """Hidden entries: temporaries left behind (`.cache`, where the locks live, is the root's own)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != ".cache")
 
 
 # ----------------------------------------------------------------------------- 1. outputs as transactions
@@ -279,6 +280,116 @@ def test_a_second_writer_of_one_variant_refuses_naming_the_holder(work_root):
     assert not (work_root / "checkpoints" / "int8_x").exists()
     assert io.acquire_lock(lock, "x")  # a killed holder's lock is free again
     io.release_lock(lock)
+
+
+SLOW_SWAP = """import sys, time
+from pathlib import Path
+from fincompress.common import cli
+from fincompress.data import prepare_dataset as prep
+carry_over = prep.carry_over
+
+def slow_carry_over(old, new):  # holds the swap of data/ open for a second, noting when
+    with Path(sys.argv[1]).open("a") as log:
+        log.write(f"start {time.time()}\\n")
+    time.sleep(1.0)
+    carry_over(old, new)
+    with Path(sys.argv[1]).open("a") as log:
+        log.write(f"end {time.time()}\\n")
+
+prep.carry_over = slow_carry_over
+raise SystemExit(cli.run(prep.main, sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow  # starts several Python processes
+def test_two_prepares_into_one_root_at_once_both_succeed_one_after_the_other(tmp_path):
+    root = tmp_path / "root"
+    runs = []
+    for offset in (1, 2):
+        data = labelled_csv(tmp_path / f"set{offset}.csv", 120, offset)
+        runs.append(subprocess.Popen([sys.executable, "-c", SLOW_SWAP, str(tmp_path / f"swap{offset}.log"),
+                                      "--root", str(root), "--source", "csv", "--data-file", str(data)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [(run.wait(timeout=120), run.stdout.read(), run.stderr.read()) for run in runs]
+    assert [code for code, _, _ in results] == [0, 0], results
+    spans = sorted(tuple(float(line.split()[1]) for line in (tmp_path / f"swap{i}.log").read_text().splitlines())
+                   for i in (1, 2))
+    assert spans[0][1] <= spans[1][0], spans  # the second swap waited for the first: never two at once
+    info = json.loads((root / "data" / "dataset_info.json").read_text())
+    assert info["fingerprint"] == data_fingerprint(root)  # one run's complete set, not a mix
+    assert any(f"fingerprint {info['fingerprint']}" in out for _, out, _ in results)
+    assert not hidden(root)
+
+
+KD_RUN = ["-m", "fincompress.distillation.soft_label_distillation", "--max-steps", "2", "--batch-size", "16",
+          "--student-layers", "1", "--student-hidden", "32", "--student-heads", "2", "--student-ffn", "64",
+          "--student-init", "scratch", "--output-name", "student_same"]
+
+
+@pytest.mark.slow  # starts several Python processes
+def test_two_trainings_of_one_output_name_succeed_or_the_second_names_the_holder(work_root):
+    from fincompress.common.loader import load_variant
+    from fincompress.common.variants import folder_problem
+
+    runs = [subprocess.Popen([sys.executable, *KD_RUN, "--root", str(work_root)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 0], [0, 2]), results
+    for code, err in results:
+        if code == 2:
+            errors = [line for line in err.splitlines() if "error:" in line]
+            assert len(errors) == 1 and "being written by another run (pid" in errors[0], err[-2000:]
+    folder = work_root / "checkpoints" / "student_same"
+    assert folder_problem(folder) is None
+    assert load_variant(folder).predict_proba(["Shares fell ."]).shape == (1, 3)
+    assert not hidden(work_root / "checkpoints")  # no half-written folder left
+
+
+def other_version(source: Path, folder: Path) -> Path:
+    """The variant re-saved by another run: the same name, a wider model (a mix of the two cannot load)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    io.shutil.copytree(source, folder, ignore=io.shutil.ignore_patterns("onnx"))
+    config = AutoConfig.from_pretrained(source)
+    config.hidden_size, config.intermediate_size = 48, 96
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_config(config)
+    model.save_pretrained(folder)
+    info = json.loads((folder / "checkpoint_info.json").read_text())
+    info["num_parameters"] = sum(p.numel() for p in model.parameters())
+    (folder / "checkpoint_info.json").write_text(json.dumps(info))
+    return folder
+
+
+@pytest.mark.slow  # starts several Python processes
+def test_a_benchmark_scores_one_whole_version_of_a_variant_re_saved_while_it_runs(work_root, tmp_path):
+    import time
+
+    checkpoints = work_root / "checkpoints"
+    versions = [tmp_path / "old", other_version(checkpoints / "teacher", tmp_path / "new")]
+    io.shutil.copytree(checkpoints / "teacher", versions[0], ignore=io.shutil.ignore_patterns("onnx"))
+    recorded = {json.loads((v / "checkpoint_info.json").read_text())["num_parameters"] for v in versions}
+    io.shutil.copytree(versions[0], checkpoints / "victim")
+    run = subprocess.Popen([sys.executable, "-m", "fincompress.evaluation.benchmark", "--root", str(work_root),
+                            "--variants", "teacher,victim", *BENCH[2:], "--no-reliability-plots"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started, swaps = time.monotonic(), 0
+    # A stage saving `victim` again and again for as long as the benchmark runs (loading included); a load
+    # that straddles a save would read the config of one version and the weights of the other.
+    while run.poll() is None and time.monotonic() - started < 120:
+        staged = io.private_temporary(checkpoints / "victim")
+        io.shutil.copytree(versions[1 - swaps % 2], staged)
+        io.publish_folder(staged, checkpoints / "victim")  # what every save does (variants.save_variant)
+        swaps += 1
+        time.sleep(0.7)
+    code, err = run.wait(timeout=120), run.stderr.read()
+    assert code == 0, err[-3000:]
+    assert swaps >= 2
+    rows = pd.read_csv(work_root / "results" / "benchmark_results.csv")
+    victim = rows[rows["model_name"] == "victim"]
+    assert len(victim) == 1 and int(victim["num_parameters"].iloc[0]) in recorded
 
 
 # ----------------------------------------------------------------------------- 5. contracts checked on load

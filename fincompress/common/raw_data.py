@@ -9,8 +9,8 @@
 
 Used by data preparation, the assets resolver and the named KD transfer sets, so every reader of a
 release file parses it the same way. `read_phrasebank` and `read_fiqa` check a file named as a release
-file against the release's sha256 (`assets.verify_release_file`) before parsing it. Every bad input is a one-line `FinCompressError` naming the file
-(and line or record) and what to do.
+file against the release's sha256 (`assets.verify_release_file`) before parsing it. Every bad input is
+a one-line `FinCompressError` naming the file (and line or record) and what to do.
 """
 
 from __future__ import annotations

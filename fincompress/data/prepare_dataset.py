@@ -68,6 +68,7 @@ CONFIG = {
     "split": (0.70, 0.15, 0.15),
     "seed": 42,
     "min_stratum": 10,  # a label x source group smaller than this is stratified by its label alone
+    "publish_wait_seconds": 120,  # how long a run waits for another run's swap of data/ (a few renames)
 }
 LOCAL_HINT = ("--source local --phrasebank-dir DIR --fiqa-dir DIR (both default to the assets folder: "
               "`python -m fincompress.assets` shows or fetches it), or the offline preset: "
@@ -269,7 +270,6 @@ def write_splits(root: Path, splits: dict[str, pd.DataFrame], info: dict) -> dic
     Other files already in data/ are carried over (hard links where possible).
     """
     out = data_dir(root)
-    io.recover(out, complete=lambda folder: (folder / DATASET_INFO).is_file())
     tmp = io.private_temporary(out)
     try:
         tmp.mkdir(parents=True)
@@ -278,13 +278,22 @@ def write_splits(root: Path, splits: dict[str, pd.DataFrame], info: dict) -> dic
         info = {**info, "fingerprint": compute_fingerprint([tmp / f"{s}.csv" for s in SPLITS]),
                 "sizes": {name: len(splits[name]) for name in SPLITS}}
         (tmp / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        carry_over(out, tmp)
-        io.publish_folder(tmp, out)
+        # Another run preparing this root waits here for the other's swap (seconds at most), then swaps its own:
+        # both succeed, and data/ is always one run's complete set.
+        with io.locked(data_lock(root), f"{out}", wait=CONFIG["publish_wait_seconds"]):
+            io.recover(out, complete=lambda folder: (folder / DATASET_INFO).is_file())
+            carry_over(out, tmp)
+            io.publish_folder(tmp, out)
     except OSError as exc:
         raise io.as_user_error(exc, f"cannot write {out}", unchanged=previous_set(out)) from None
     finally:
         io.remove_path(tmp)
     return info
+
+
+def data_lock(root: Path) -> Path:
+    """The lock of <root>/data (held while a run swaps its set in), outside data/ so it is never carried over."""
+    return Path(root) / ".cache" / "locks" / "data.lock"
 
 
 def carry_over(old: Path, new: Path) -> None:

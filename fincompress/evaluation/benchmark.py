@@ -76,7 +76,7 @@ from fincompress.evaluation.settings import BenchmarkSettings, add_settings_argu
 log = logging.getLogger("fincompress.benchmark")
 
 BF16_RUNTIME = "torch_bf16"
-RELOAD_ATTEMPTS = 5  # loads of a variant another stage keeps re-saving meanwhile, before giving up
+RELOAD_WINDOW_SECONDS = 60  # how long a variant another stage keeps re-saving is loaded again, before giving up
 RELOAD_PAUSE_SECONDS = 0.2
 
 
@@ -140,7 +140,8 @@ def folder_identity(folder: Path) -> tuple[int, int] | None:
 def load_runtime(folder: Path, runtime: str, threads: int) -> Predictor:
     """The variant loaded whole from one version of its folder: if another stage swapped a new version in
     while it was read (the folder is another one afterwards), it is loaded again."""
-    for _ in range(RELOAD_ATTEMPTS):
+    deadline = time.monotonic() + RELOAD_WINDOW_SECONDS
+    while time.monotonic() < deadline:
         before = folder_identity(folder)
         try:
             predictor = _load_once(folder, runtime, threads)
@@ -152,8 +153,8 @@ def load_runtime(folder: Path, runtime: str, threads: int) -> Predictor:
                 return predictor  # in memory now: a later re-save cannot reach it
         log.warning("checkpoints/%s was re-saved while it was being loaded: loading it again", Path(folder).name)
         time.sleep(RELOAD_PAUSE_SECONDS)
-    raise FinCompressError(f"{folder} was re-saved {RELOAD_ATTEMPTS} times while the benchmark loaded it (another "
-                           f"stage is writing it); run the benchmark again when that stage is done")
+    raise FinCompressError(f"{folder} was re-saved again and again for {RELOAD_WINDOW_SECONDS} s while the benchmark "
+                           f"loaded it (another stage is writing it); run the benchmark again when that stage is done")
 
 
 def available_runtimes(root: Path, names: list[str], settings: BenchmarkSettings,
