@@ -115,7 +115,7 @@ def _cheapest_groups(distinct: list[int], ends: list[int], cap_of: Callable[[int
     return groups[::-1]
 
 
-def measure_call_overhead(predictor: Predictor, length: int = 32, texts: int = 8, repeats: int = 5) -> float:
+def measure_call_overhead(predictor: Predictor, length: int = 32, texts: int = 8, repeats: int = 10) -> float:
     """The fixed cost of one model call of this variant on this CPU, in padded tokens.
 
     Times one text and `texts` texts of `length` tokens (best of `repeats`) and fits time = a + b x tokens:
@@ -127,17 +127,16 @@ def measure_call_overhead(predictor: Predictor, length: int = 32, texts: int = 8
     text = EncodedText([ids[0], *body, ids[-1]], [0] * (len(body) + 2))
     pad_id = predictor.tokenizer.pad_token_id or 0
 
-    def best_seconds(batch: int) -> float:
-        inputs = pad_batch([text] * batch, pad_id)
+    shapes = {1: pad_batch([text], pad_id), texts: pad_batch([text] * texts, pad_id)}
+    best = dict.fromkeys(shapes, float("inf"))
+    for inputs in shapes.values():
         predictor.logits(inputs)  # first call of a shape: not timed
-        timings = []
-        for _ in range(repeats):
+    for _ in range(repeats):  # the two shapes alternate, so a busy moment slows both alike
+        for size, inputs in shapes.items():
             start = time.perf_counter()
             predictor.logits(inputs)
-            timings.append(time.perf_counter() - start)
-        return min(timings)
-
-    one, many = best_seconds(1), best_seconds(texts)
+            best[size] = min(best[size], time.perf_counter() - start)
+    one, many = best[1], best[texts]
     per_token = (many - one) / ((texts - 1) * len(text))
     if per_token <= 0:  # a batch cost no more than one text: calls are all overhead
         return 4096.0
