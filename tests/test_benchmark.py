@@ -382,3 +382,27 @@ def test_every_setting_is_a_flag_and_a_preset_may_list_eval_sets(work_root, tmp_
     args = cli.parse_args(benchmark.build_parser(), ["--config", str(preset), "--eval-set", "more=y.csv"])
     settings = settings_from_args(args)
     assert settings.eval_sets == ("tweets", "desk=x.csv", "more=y.csv") and settings.batch_sizes == (1, 8)
+
+
+def test_a_variant_swapped_for_a_new_version_while_loading_is_loaded_again(work_root, monkeypatch):
+    from fincompress.common import io
+
+    folder = work_root / "checkpoints" / "teacher"
+    calls = []
+    load_once = benchmark._load_once
+
+    def re_saved_during_the_first_load(path, runtime, threads):
+        calls.append(benchmark.folder_identity(path))
+        if len(calls) == 1:  # another stage swaps in a new version of the folder (what every save does)
+            staged = io.private_temporary(folder)
+            shutil.copytree(folder, staged)
+            info = json.loads((staged / "checkpoint_info.json").read_text())
+            (staged / "checkpoint_info.json").write_text(json.dumps({**info, "created_at": "new version"}))
+            io.publish_folder(staged, folder)
+        return load_once(path, runtime, threads)
+
+    monkeypatch.setattr(benchmark, "_load_once", re_saved_during_the_first_load)
+    monkeypatch.setattr(benchmark, "RELOAD_PAUSE_SECONDS", 0)
+    predictor = benchmark.load_runtime(folder, "torch", 1)
+    assert len(calls) == 2 and calls[0] != calls[1]  # the first load straddled the swap: loaded again
+    assert predictor.info["created_at"] == "new version"
