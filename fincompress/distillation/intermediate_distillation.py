@@ -42,7 +42,8 @@ from fincompress.common import cli
 from fincompress.common.data import model_inputs
 from fincompress.common.losses import prediction_loss
 from fincompress.common.training import FitResult, TrainConfig, fit, set_seed
-from fincompress.distillation.kd import KDRun, add_kd_arguments, finish_run, prepare_run
+from fincompress.distillation import kd
+from fincompress.distillation.kd import KDRun, Student, Teacher, TrainingData
 from fincompress.distillation.student_architecture import layer_map
 
 CONFIG = {"temperature": 4.0, "alpha": 0.7, "layer_map": "uniform", "intermediate_epochs": 4,
@@ -108,18 +109,19 @@ def intermediate_losses(student_out, teacher_out, attention_mask: torch.Tensor, 
             "hidden": hidden, "attention": attention}
 
 
-def intermediate_loss_fn(run: KDRun, layers: list[int], projections: HiddenProjections, weights: dict):
+def intermediate_loss_fn(run: KDRun, teacher: Teacher, data: TrainingData, layers: list[int],
+                         projections: HiddenProjections, weights: dict):
     """loss_fn for `fit`; with weights["prediction"] == 0 it is TinyBERT's first phase."""
     def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         inputs = model_inputs(batch)
         with torch.no_grad():
-            teacher_out = run.teacher(**inputs, output_hidden_states=True, output_attentions=True)
+            teacher_out = teacher.model(**inputs, output_hidden_states=True, output_attentions=True)
         student_out = model(**inputs, output_hidden_states=True, output_attentions=True)
         parts = intermediate_losses(student_out, teacher_out, inputs["attention_mask"], layers, projections)
         total = sum(weights[name] * value for name, value in parts.items())
         logged = {f"{name}_loss": float(value.detach()) for name, value in parts.items()}
         if weights["prediction"]:
-            pred, pred_parts = prediction_loss(student_out.logits, run.teacher_logits[batch["index"]],
+            pred, pred_parts = prediction_loss(student_out.logits, data.teacher_logits[batch["index"]],
                                                batch["labels"], run.args.alpha, run.args.temperature)
             total = total + weights["prediction"] * pred
             logged.update(pred_parts)
@@ -132,7 +134,7 @@ def intermediate_loss_fn(run: KDRun, layers: list[int], projections: HiddenProje
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fincompress.distillation.intermediate_distillation",
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_kd_arguments(parser, output_name="student_intermediate_kd", kd_defaults=CONFIG, train_defaults=DEFAULTS)
+    kd.add_kd_arguments(parser, output_name="student_intermediate_kd", kd_defaults=CONFIG, train_defaults=DEFAULTS)
     parser.add_argument("--layer-map", default=CONFIG["layer_map"],
                         help="teacher layer each student layer learns from: uniform | last | a list such as 2,5 "
                         "(default %(default)s)")
@@ -147,40 +149,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def intermediate_phase(run: KDRun, layers: list[int], projections: HiddenProjections, weights: dict) -> FitResult:
+def intermediate_phase(run: KDRun, student: Student, data: TrainingData, loss_fn,
+                       projections: HiddenProjections) -> FitResult:
     """TinyBERT's first phase: intermediate losses only, every epoch, the last weights kept.
 
     The best-validation rule would restore the epoch whose untrained head happened to score best
     (noise); the last step's weights are what the prediction phase should start from.
     """
     config = replace(run.config, epochs=run.args.intermediate_epochs, patience=None)
-    return fit(run.student, run.train_loader, run.val_loader, config, root=run.root,
+    return fit(student.model, data.train_loader, data.val_loader, config, root=run.root,
                run_name=f"{run.args.output_name}_intermediate", accelerator=run.accelerator,
-               loss_fn=intermediate_loss_fn(run, layers, projections, {**weights, "prediction": 0.0}),
-               extra_modules=[projections], keep="last")
+               loss_fn=loss_fn, extra_modules=[projections], keep="last")
 
 
-def distil(run: KDRun, layers: list[int], weights: dict) -> tuple[FitResult, FitResult | None]:
+def distil(run: KDRun, teacher: Teacher, student: Student, data: TrainingData, layers: list[int],
+           weights: dict) -> tuple[FitResult, FitResult | None]:
     """Two-phase (intermediate, then prediction-layer KD) or one phase with every loss at once.
 
     Returns the final phase's result and the intermediate phase's (None in one phase).
     """
     set_seed(run.config.seed)  # the projections' new weights
-    projections = HiddenProjections(run.student.config.hidden_size, run.teacher.config.hidden_size)
+    projections = HiddenProjections(student.model.config.hidden_size, teacher.model.config.hidden_size)
     if run.args.two_phase:
-        first = intermediate_phase(run, layers, projections, weights)
-        loss_fn = run.prediction_loss_fn()
-        extras = []
+        first_loss = intermediate_loss_fn(run, teacher, data, layers, projections, {**weights, "prediction": 0.0})
+        first = intermediate_phase(run, student, data, first_loss, projections)
+        loss_fn, extras = kd.soft_label_loss(run, data), []
     else:
-        first, loss_fn, extras = None, intermediate_loss_fn(run, layers, projections, weights), [projections]
-    result = fit(run.student, run.train_loader, run.val_loader, run.config, root=run.root,
+        first, loss_fn, extras = None, intermediate_loss_fn(run, teacher, data, layers, projections, weights), [
+            projections]
+    result = fit(student.model, data.train_loader, data.val_loader, run.config, root=run.root,
                  run_name=run.args.output_name, loss_fn=loss_fn, extra_modules=extras, accelerator=run.accelerator)
     return result, first
 
 
-def schedule_record(run: KDRun, layers: list[int], weights: dict, first: FitResult | None) -> dict:
+def schedule_record(run: KDRun, teacher: Teacher, student: Student, layers: list[int], weights: dict,
+                    first: FitResult | None) -> dict:
     """The intermediate-KD hyperparameters of checkpoint_info.json (with the first phase's run, if any)."""
-    same_heads = run.student.config.num_attention_heads == run.teacher.config.num_attention_heads
+    same_heads = student.model.config.num_attention_heads == teacher.model.config.num_attention_heads
     return {"layer_map": run.args.layer_map, "teacher_layers": layers, "loss_weights": weights,
             "attention_loss": "KL(teacher || student) per query row",
             "attention_head_matching": "head to head" if same_heads else "maps averaged over heads on each side",
@@ -194,10 +199,17 @@ def schedule_record(run: KDRun, layers: list[int], weights: dict, first: FitResu
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
     weights = {name: getattr(args, f"w_{name}") for name in CONFIG["weights"]}
-    run = prepare_run(args, TECHNIQUE, attn_implementation="eager", attention_probs_dropout_prob=0.0)
-    layers = layer_map(args.layer_map, run.student.config.num_hidden_layers, run.teacher.config.num_hidden_layers)
-    result, first = distil(run, layers, weights)
-    return finish_run(run, result, schedule_record(run, layers, weights, first))
+    run = kd.start_run(args, TECHNIQUE)  # guards before any work: output name, data, student shape
+    teacher = kd.load_teacher(run, attn_implementation="eager")  # eager: the one attention that returns maps
+    # the student's attention dropout is off while distilling, so its maps are real distributions
+    student = kd.new_student(run, teacher, _attn_implementation="eager", attention_probs_dropout_prob=0.0)
+    data = kd.training_data(run, teacher)  # gold (+ transfer) sentences with the teacher's cached logits
+    layers = layer_map(args.layer_map, student.model.config.num_hidden_layers, teacher.model.config.num_hidden_layers)
+    result, first = distil(run, teacher, student, data, layers, weights)
+    schedule = schedule_record(run, teacher, student, layers, weights, first)
+    model = kd.trained_student(run, student, teacher)
+    info = kd.variant_info(run, teacher, student, data, result, kd.evaluate_on_test(run, model, data), schedule)
+    return kd.save_student(run, model, teacher.tokenizer, info)
 
 
 if __name__ == "__main__":

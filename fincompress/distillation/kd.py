@@ -3,10 +3,10 @@
 - transfer sets: extra unlabelled sentences the teacher labels softly; any validation or test
   sentence in them is refused (FinCompressError), never silently trained on. The named sets are
   read from the study's assets (`common.assets.asset_file`), or from --shared-data if given;
-- the run both stages share: flags, output guards (checked before any work), teacher and student
-  loading, loaders, the teacher's logits (`common.teacher_logits`: computed on the training device
-  and cached), test evaluation, the saved variant and one row per run in
-  results/distillation_init_comparison.csv.
+- the steps of the recipe both stages call in order in their `main`: flags, output guards (checked
+  before any work), teacher, student, loaders and the teacher's logits (`common.teacher_logits`:
+  computed on the training device and cached), test evaluation, the saved variant and one row per
+  run in results/distillation_init_comparison.csv.
 The prediction-layer loss is `common.losses` (shared with pruning recovery).
 """
 
@@ -55,6 +55,7 @@ from fincompress.common.variants import (
     variant_name,
 )
 from fincompress.distillation.student_architecture import (
+    StudentSpec,
     add_student_arguments,
     build_student,
     describe_student,
@@ -179,11 +180,13 @@ def add_kd_arguments(parser: argparse.ArgumentParser, *, output_name: str, kd_de
     add_train_arguments(parser, train_defaults)
 
 
-# ----------------------------------------------------------------------------- the shared run
+# ----------------------------------------------------------------------------- the recipe's steps
+# Each KD stage calls these in order: start_run -> load_teacher -> new_student -> training_data ->
+# (its own training) -> trained_student -> evaluate_on_test -> variant_info -> save_student.
 
 @dataclass
 class KDRun:
-    """Everything a KD stage trains with; built once by `prepare_run`."""
+    """What a KD stage settles before any work: where it writes, on which data, with which settings."""
 
     root: Path
     args: argparse.Namespace
@@ -191,32 +194,37 @@ class KDRun:
     dest: Path  # the checked output folder
     fingerprint: str  # of the data when the stage started
     config: TrainConfig
+    student_spec: StudentSpec
     accelerator: Accelerator
-    teacher_folder: Path
-    teacher: PreTrainedModel
+
+
+@dataclass
+class Teacher:
+    """The frozen FP32 teacher variant."""
+
+    folder: Path
+    model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    student: PreTrainedModel
+
+
+@dataclass
+class Student:
+    """The student being trained and how it was initialised (checkpoint_info's `student`)."""
+
+    model: PreTrainedModel
     init_record: dict
+
+
+@dataclass
+class TrainingData:
+    """The loaders, and the teacher's logits on the training texts (row i = training text i)."""
+
     train_loader: DataLoader
     val_loader: DataLoader
     test_loader: DataLoader
-    teacher_logits: torch.Tensor  # row i = training text i (gold training texts, then transfer texts)
+    teacher_logits: torch.Tensor  # gold training texts, then transfer texts
     transfer: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
-
-    def prediction_loss_fn(self) -> LossFn:
-        """Prediction-layer KD against the cached teacher logits (the vanilla stage's whole loss)."""
-        return cached_kd_loss_fn(self.teacher_logits, self.args.alpha, self.args.temperature)
-
-
-def load_teacher(root: Path, name: str, attn_implementation: str | None = None, data: str | None = None
-                 ) -> tuple[Path, PreTrainedModel, PreTrainedTokenizerBase]:
-    """The frozen FP32 teacher variant `name` and its folder (refused if made from other `data`)."""
-    folder = fp32_variant_dir(root, name, role="teacher", data=data)
-    model, tokenizer = load_fp32_model(folder, attn_implementation)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return folder, model, tokenizer
 
 
 def check_output(root: Path, args: argparse.Namespace, technique: str) -> Path:
@@ -226,6 +234,30 @@ def check_output(root: Path, args: argparse.Namespace, technique: str) -> Path:
     if kind == "pretrained" and Path(source).expanduser().is_dir():
         inputs.append(str(Path(source).expanduser().resolve()))
     return prepare_output(root, args.output_name, technique=technique, inputs=inputs, overwrite=args.overwrite)
+
+
+def start_run(args: argparse.Namespace, technique: str) -> KDRun:
+    """Guards first (output name, data fingerprint, student shape), then the settings and the device."""
+    root = project_root(args.root)
+    dest = check_output(root, args, technique)
+    return KDRun(root=root, args=args, technique=technique, dest=dest, fingerprint=data_fingerprint(root),
+                 config=train_config_from_args(args), student_spec=student_spec_from_args(args),
+                 accelerator=Accelerator(cpu=args.cpu or not torch.cuda.is_available()))
+
+
+def load_teacher(run: KDRun, attn_implementation: str | None = None) -> Teacher:
+    """The frozen FP32 teacher variant (refused if made from other data than the run's)."""
+    folder = fp32_variant_dir(run.root, run.args.teacher, role="teacher", data=run.fingerprint)
+    model, tokenizer = load_fp32_model(folder, attn_implementation)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Teacher(folder, model, tokenizer)
+
+
+def new_student(run: KDRun, teacher: Teacher, **overrides) -> Student:
+    """The student of the run's shape and init, its new weights drawn with --seed."""
+    set_seed(run.config.seed)
+    return Student(*build_student(run.student_spec, teacher.model, **overrides))
 
 
 def training_texts(root: Path, args: argparse.Namespace, seed: int) -> tuple[list[str], list[int], dict]:
@@ -238,54 +270,60 @@ def training_texts(root: Path, args: argparse.Namespace, seed: int) -> tuple[lis
     return texts + extra, labels + [UNLABELLED] * len(extra), transfer
 
 
-def prepare_run(args: argparse.Namespace, technique: str, attn_implementation: str | None = None,
-                **student_overrides) -> KDRun:
-    """Guards first (output name, data fingerprint), then teacher, student, loaders and teacher logits."""
-    root = project_root(args.root)
-    dest = check_output(root, args, technique)
-    fingerprint = data_fingerprint(root)
-    config = train_config_from_args(args)
-    spec = student_spec_from_args(args)
-    accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
-    teacher_folder, teacher, tokenizer = load_teacher(root, args.teacher, attn_implementation, data=fingerprint)
-    if attn_implementation:
-        student_overrides["_attn_implementation"] = attn_implementation
-    set_seed(config.seed)  # the student's new weights
-    student, init_record = build_student(spec, teacher, **student_overrides)
+def training_data(run: KDRun, teacher: Teacher) -> TrainingData:
+    """Gold and transfer sentences, the teacher's (cached) logits on them, and the loaders."""
+    root, args, config = run.root, run.args, run.config
     texts, labels, transfer = training_texts(root, args, config.seed)
-    logits, cache = teacher_logits(root, teacher_folder, teacher, tokenizer, texts, data_fingerprint=fingerprint,
-                                   accelerator=accelerator, batch_size=args.eval_batch_size)
-    return KDRun(
-        root=root, args=args, technique=technique, dest=dest, fingerprint=fingerprint, config=config,
-        accelerator=accelerator, teacher_folder=teacher_folder, teacher=teacher, tokenizer=tokenizer,
-        student=student, init_record=init_record,
-        train_loader=make_loader(tokenizer, texts, labels, batch_size=config.batch_size, shuffle=True,
+    logits, cache = teacher_logits(root, teacher.folder, teacher.model, teacher.tokenizer, texts,
+                                   data_fingerprint=run.fingerprint, accelerator=run.accelerator,
+                                   batch_size=args.eval_batch_size)
+    return TrainingData(
+        train_loader=make_loader(teacher.tokenizer, texts, labels, batch_size=config.batch_size, shuffle=True,
                                  seed=config.seed),
-        val_loader=split_loader(root, "val", tokenizer, batch_size=args.eval_batch_size),
-        test_loader=split_loader(root, "test", tokenizer, batch_size=args.eval_batch_size),
-        teacher_logits=torch.from_numpy(logits).to(accelerator.device), transfer=transfer, cache=cache)
+        val_loader=split_loader(root, "val", teacher.tokenizer, batch_size=args.eval_batch_size),
+        test_loader=split_loader(root, "test", teacher.tokenizer, batch_size=args.eval_batch_size),
+        teacher_logits=torch.from_numpy(logits).to(run.accelerator.device), transfer=transfer, cache=cache)
+
+
+def soft_label_loss(run: KDRun, data: TrainingData) -> LossFn:
+    """Prediction-layer KD against the cached teacher logits (the vanilla stage's whole loss)."""
+    return cached_kd_loss_fn(data.teacher_logits, run.args.alpha, run.args.temperature)
+
+
+def trained_student(run: KDRun, student: Student, teacher: Teacher) -> PreTrainedModel:
+    """The trained model as it is saved: unwrapped from the accelerator, the teacher's attention dropout."""
+    model = run.accelerator.unwrap_model(student.model)
+    # Attention-map dropout is switched off only while distilling attention; the saved config keeps the
+    # teacher's value so later fine-tuning (pruning recovery, QAT) behaves like any BERT.
+    model.config.attention_probs_dropout_prob = teacher.model.config.attention_probs_dropout_prob
+    return model
+
+
+def evaluate_on_test(run: KDRun, model: PreTrainedModel, data: TrainingData) -> dict:
+    """Test-split metrics of the trained student (the val metrics are the training's best epoch)."""
+    return evaluate_model(model, run.accelerator.prepare(data.test_loader), run.accelerator)
 
 
 # ----------------------------------------------------------------------------- saving
 
-def variant_info(run: KDRun, result: FitResult, student: PreTrainedModel, test_metrics: dict,
-                 extra_hyperparameters: dict) -> dict:
+def variant_info(run: KDRun, teacher: Teacher, student: Student, data: TrainingData, result: FitResult,
+                 test: dict, extra_hyperparameters: dict) -> dict:
     """checkpoint_info.json of a KD student."""
     args = run.args
-    teacher_info = read_info(run.teacher_folder)
-    cost = describe_student(student, run.teacher)
+    teacher_info = read_info(teacher.folder)
+    cost = describe_student(run.accelerator.unwrap_model(student.model), teacher.model)
     return {
         "model_name": args.output_name, "technique": run.technique, "source_checkpoint": args.teacher,
         "val_macro_f1": result.best_metrics["macro_f1"], "val_metrics": result.best_metrics,
-        "test_metrics": test_metrics,
+        "test_metrics": test,
         "teacher_test_macro_f1": (teacher_info.get("test_metrics") or {}).get("macro_f1"),
-        "student": {**run.init_record, **spec_dict(student_spec_from_args(args)), **cost},
-        "transfer_set": run.transfer, "train_examples": len(run.train_loader.dataset),
+        "student": {**student.init_record, **spec_dict(run.student_spec), **cost},
+        "transfer_set": data.transfer, "train_examples": len(data.train_loader.dataset),
         "hyperparameters": {**describe(run.config), "temperature": args.temperature, "alpha": args.alpha,
-                            "student_init": args.student_init, "transfer_set": run.transfer.get("name"),
-                            "transfer_size": run.transfer.get("size", 0), **extra_hyperparameters,
+                            "student_init": args.student_init, "transfer_set": data.transfer.get("name"),
+                            "transfer_size": data.transfer.get("size", 0), **extra_hyperparameters,
                             "config": args.config_values},
-        "teacher_logits_cache": run.cache, "data_fingerprint": run.fingerprint,
+        "teacher_logits_cache": data.cache, "data_fingerprint": run.fingerprint,
         "training_log": str(result.log_path), "training": result.summary(),
         "epochs": result.epochs, "steps": result.steps, "best_step": result.best_step,
     }
@@ -304,24 +342,17 @@ def runs_table_row(info: dict, created_at: str) -> dict:
             "teacher_test_macro_f1": None if teacher_test is None else round(teacher_test, 4)}
 
 
-def finish_run(run: KDRun, result: FitResult, extra_hyperparameters: dict) -> dict:
-    """Test the student, save it as a variant (our label order, training-only parts dropped), log the run."""
-    accelerator = run.accelerator
-    student = accelerator.unwrap_model(run.student)
-    test_metrics = evaluate_model(student, accelerator.prepare(run.test_loader), accelerator)
-    # Attention-map dropout is switched off only while distilling attention; the saved config keeps the
-    # teacher's value so later fine-tuning (pruning recovery, QAT) behaves like any BERT.
-    student.config.attention_probs_dropout_prob = run.teacher.config.attention_probs_dropout_prob
-    info = variant_info(run, result, student, test_metrics, extra_hyperparameters)
-    if not accelerator.is_main_process:
+def save_student(run: KDRun, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, info: dict) -> dict:
+    """Save the student as a variant (our label order, training-only parts dropped) and log its row."""
+    if not run.accelerator.is_main_process:
         return info
-    dest = save_fp32_variant(run.dest, student.cpu(), run.tokenizer, info)
+    dest = save_fp32_variant(run.dest, model.cpu(), tokenizer, info)
     table = append_csv_rows(results_dir(run.root) / RUNS_TABLE, [runs_table_row(info, read_info(dest)["created_at"])],
                             RUNS_COLUMNS)
     teacher_test = info["teacher_test_macro_f1"]
     teacher_part = "" if teacher_test is None else f" (teacher test macro F1 {teacher_test:.4f})"
     print(f"{info['model_name']}: {info['student']['shape']}, init {info['student']['init']}, "
           f"{info['student']['encoder_flops_ratio']}x fewer encoder FLOPs/token; val macro F1 "
-          f"{info['val_macro_f1']:.4f}, test macro F1 {test_metrics['macro_f1']:.4f}{teacher_part} after "
-          f"{result.steps} steps -> {dest} (row added to {table})")
+          f"{info['val_macro_f1']:.4f}, test macro F1 {info['test_metrics']['macro_f1']:.4f}{teacher_part} after "
+          f"{info['steps']} steps -> {dest} (row added to {table})")
     return info

@@ -23,7 +23,7 @@ import argparse
 
 from fincompress.common import cli
 from fincompress.common.training import TrainConfig, fit
-from fincompress.distillation.kd import add_kd_arguments, finish_run, prepare_run
+from fincompress.distillation import kd
 
 # Hinton's T = 4; alpha weighs the soft targets. Students train longer than a
 # fine-tuned teacher and at a higher rate (small models, fewer updates per example matter more).
@@ -35,16 +35,22 @@ TECHNIQUE = "soft-label knowledge distillation (Hinton 2015)"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fincompress.distillation.soft_label_distillation",
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_kd_arguments(parser, output_name="student_vanilla_kd", kd_defaults=CONFIG, train_defaults=DEFAULTS)
+    kd.add_kd_arguments(parser, output_name="student_vanilla_kd", kd_defaults=CONFIG, train_defaults=DEFAULTS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
-    run = prepare_run(args, TECHNIQUE)
-    result = fit(run.student, run.train_loader, run.val_loader, run.config, root=run.root,
-                 run_name=args.output_name, loss_fn=run.prediction_loss_fn(), accelerator=run.accelerator)
-    return finish_run(run, result, {})
+    run = kd.start_run(args, TECHNIQUE)  # guards before any work: output name, data, student shape
+    teacher = kd.load_teacher(run)
+    student = kd.new_student(run, teacher)
+    data = kd.training_data(run, teacher)  # gold (+ transfer) sentences with the teacher's cached logits
+    result = fit(student.model, data.train_loader, data.val_loader, run.config, root=run.root,
+                 run_name=args.output_name, loss_fn=kd.soft_label_loss(run, data), accelerator=run.accelerator)
+    model = kd.trained_student(run, student, teacher)
+    test = kd.evaluate_on_test(run, model, data)
+    info = kd.variant_info(run, teacher, student, data, result, test, {})
+    return kd.save_student(run, model, teacher.tokenizer, info)
 
 
 if __name__ == "__main__":
