@@ -132,14 +132,6 @@ def masked(model: nn.Module, head_masks: Sequence[torch.Tensor] | None = None,
             handle.remove()
 
 
-def keep_masks(sizes: list[int], removed: dict[int, list[int]]) -> list[torch.Tensor]:
-    """0/1 masks that switch off exactly the `removed` units ({layer: [unit, ...]})."""
-    masks = [torch.ones(size) for size in sizes]
-    for layer, units in removed.items():
-        masks[layer][list(units)] = 0.0
-    return masks
-
-
 @contextmanager
 def eager_attention(model: nn.Module) -> Iterator[nn.Module]:
     """Temporarily switch to eager attention (the only implementation that returns attention maps)."""
