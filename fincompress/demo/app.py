@@ -34,6 +34,7 @@ import torch
 
 from fincompress.common import cli
 from fincompress.common.data import read_split
+from fincompress.common.io import check_file_set
 from fincompress.common.loader import Predictor, load_variant, variant_runtimes
 from fincompress.common.paths import (
     LABELS,
@@ -312,6 +313,9 @@ def benchmark_table(root: Path) -> tuple[str, pd.DataFrame]:
     path = results_dir(root) / "benchmark_results.csv"
     if not path.is_file():
         return f"No benchmark results yet (`{path}`): run `{BENCHMARK_COMMAND}`.", pd.DataFrame()
+    check = check_file_set(path.with_name("benchmark_results.generation.json"), path, BENCHMARK_COMMAND)
+    if check.state == "mixed":  # a CSV of one run beside the plots of another: show neither as results
+        return check.message, pd.DataFrame()
     frame = pd.read_csv(path)
     shown = frame[[c for c in BENCHMARK_COLUMNS if c in frame.columns]].round(CONFIG["digits"])
     return f"`{path}` ({len(frame)} rows; the file has every column).", shown

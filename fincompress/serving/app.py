@@ -28,8 +28,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fincompress.common.batching import measure_call_overhead, score_texts
 from fincompress.common.hardware import cpu_metadata
+from fincompress.common.io import check_file_set
 from fincompress.common.loader import Predictor, load_variant
-from fincompress.common.paths import LABELS, results_dir, variant_dir
+from fincompress.common.paths import LABELS, FinCompressError, results_dir, variant_dir
 from fincompress.serving.batcher import (
     Batcher,
     BatchSettings,
@@ -48,6 +49,7 @@ ROUTES = ("/predict", "/health", "/info", "/metrics")
 RETRY_AFTER_SECONDS = 1
 WARM_UP_TEXT = "Operating profit rose compared with the previous quarter."
 BENCHMARK_CSV = "benchmark_results.csv"
+BENCHMARK_RECORD = "benchmark_results.generation.json"  # the benchmark writes it last: the set's digests
 
 
 @dataclass
@@ -174,6 +176,15 @@ def benchmark_f1(root: Path, variant: str, runtime: str) -> dict | None:
     path = results_dir(root) / BENCHMARK_CSV
     if not path.is_file():
         return None
+    try:
+        check = check_file_set(path.with_name(BENCHMARK_RECORD), path, "python -m fincompress.evaluation.benchmark")
+        problem = check.message if check.state == "mixed" else None
+    except FinCompressError as exc:  # a damaged record
+        problem = str(exc)
+    if problem:  # files of two runs: no F1 from them, and /info says why
+        log.warning("%s", problem)
+        return {"macro_f1": None, "ci_low": None, "ci_high": None, "from": f"results/{BENCHMARK_CSV}",
+                "problem": problem}
     with path.open(encoding="utf-8", newline="") as handle:
         for row in csv.DictReader(handle):
             if row.get("model_name") == variant and row.get("runtime") == runtime:
