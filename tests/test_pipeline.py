@@ -128,6 +128,10 @@ def test_quick_takes_only_budget_settings_from_the_smoke_preset():
     stages = {s.name: s for s in pipeline.build_stages("finbert", quick=True)}
     assert stages["teacher"].args == ["--output-name", "teacher", "--max-steps", "3", "--batch-size", "16"]
     assert stages["data"].args == ["--sample-fraction", "0.1"]  # the Hub source of the preset is kept
+    curve = stages["pruning_curve"]  # its own module; its points are a budget setting
+    assert curve.module == "fincompress.pruning.curve" and "--output-name" not in curve.args
+    assert curve.args[curve.args.index("--targets") + 1] == pipeline.read_stage_config("smoke", "pruning_curve")[
+        "targets"]
     full = {s.name: s for s in pipeline.build_stages("finbert")}
     assert all(s.args == pipeline.output_args(s) for s in full.values())  # only the folder name is added
 
