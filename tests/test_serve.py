@@ -245,6 +245,14 @@ def test_bad_input_gets_422_in_the_error_shape(server, body):
     assert body["error_type"] == "Validation"
 
 
+@pytest.mark.slow
+def test_predict_takes_only_post_and_unknown_routes_are_404(server):
+    wrong_method = server.get("/predict")
+    assert_error_shape(wrong_method, 405)
+    assert wrong_method.headers["allow"] == "POST"
+    assert_error_shape(server.get("/no-such-route"), 404)
+
+
 # ----------------------------------------------------------------------------- back-pressure and shutdown
 
 @pytest.mark.slow
