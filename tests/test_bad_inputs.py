@@ -38,6 +38,7 @@ INTERMEDIATE_KD = "fincompress.distillation.intermediate_distillation"
 PTQ = "fincompress.quantization.ptq"
 QAT = "fincompress.quantization.qat"
 PRUNE = "fincompress.pruning.prune_finetune"
+CURVE = "fincompress.pruning.curve"
 BENCHMARK = "fincompress.evaluation.benchmark"
 PLOTS = "fincompress.evaluation.plots"
 DEMO = "fincompress.demo.app"
@@ -643,12 +644,11 @@ CASES = [
     Case("prune: source is an ONNX artifact", PRUNE, (*TRAIN, "--source", "teacher_int8"), "not an FP32",
          setup=onnx_of_zeros()),
     Case("prune: header-only val.csv", PRUNE, TRAIN, "val.csv", setup=edit_split("val", header_only)),
-    Case("prune curve: --curve-targets 0.5,abc", PRUNE, ("--curve-targets", "0.5,abc"), "--curve-targets"),
-    Case("prune curve: --curve-targets 1.5", PRUNE, ("--curve-targets", "1.5"), "--curve-targets"),
-    Case("prune curve: --curve-targets empty", PRUNE, ("--curve-targets", ","), "--curve-targets"),
-    Case("prune curve: --output-name ../../x", PRUNE, ("--curve-targets", "0.5", "--output-name", "../../x"),
-         "not a path"),
-    Case("prune curve: missing source", PRUNE, ("--curve-targets", "0.5", "--source", "nope"), "not found"),
+    Case("prune curve: --targets 0.5,abc", CURVE, ("--targets", "0.5,abc"), "--targets"),
+    Case("prune curve: --targets 1.5", CURVE, ("--targets", "1.5"), "--targets"),
+    Case("prune curve: --targets empty", CURVE, ("--targets", ","), "--targets"),
+    Case("prune curve: --run-name ../../x", CURVE, ("--targets", "0.5", "--run-name", "../../x"), "not a path"),
+    Case("prune curve: missing source", CURVE, ("--targets", "0.5", "--source", "nope"), "not found"),
 
     # --- benchmark
     Case("benchmark: --num-runs 0", BENCHMARK, (*BENCH, "--num-runs", "0"), ">= 1"),

@@ -104,18 +104,21 @@ def test_recipes_state_what_onnxruntime_does():
 @pytest.mark.parametrize("flags", [{"avx2", "avx_vnni", "fpu"}, {"avx512_vnni", "amx_int8", "avx2"}, {"sse4_2"},
                                    set()])
 def test_the_default_recipe_is_static_on_every_cpu(flags):
-    """One documented default (recipe.py: static measured fastest at equal accuracy on every CPU so far);
-    the deprecated `auto` is that default, whatever the CPU offers, and PTQ no longer offers `auto`."""
+    """One documented default (recipe.py: static measured fastest at equal accuracy on every CPU so far),
+    whatever the CPU offers; neither PTQ nor QAT offers the former per-CPU `auto`."""
     assert DEFAULT_RECIPE == "static"
-    recipe, how = resolve_recipe("auto", flags)
-    assert recipe == RECIPES["static"] and how["requested"] == "auto" and how["chosen"] == "static"
+    recipe, how = resolve_recipe(None, flags)
+    assert recipe == RECIPES["static"] and how["requested"] is None and how["chosen"] == "static"
     assert how["cpu_isa"] == [isa for isa in ("amx_int8", "avx512_vnni", "avx_vnni", "avx2") if isa in flags]
     recipe, how = resolve_recipe("dynamic", flags)
     assert not recipe.is_static and how["requested"] == how["chosen"] == "dynamic"
-    with pytest.raises(FinCompressError, match="--recipe"):
-        resolve_recipe("fp4", flags)
-    recipe_flag = next(a for a in ptq.build_parser()._actions if a.dest == "recipe")
-    assert "auto" not in recipe_flag.choices and set(recipe_flag.choices) == set(RECIPES)
+    for refused in ("fp4", "auto"):
+        with pytest.raises(FinCompressError, match="--recipe"):
+            resolve_recipe(refused, flags)
+    for stage in (ptq, qat):
+        recipe_flag = next(a for a in stage.build_parser()._actions if a.dest == "recipe")
+        assert "auto" not in recipe_flag.choices and set(recipe_flag.choices) <= set(RECIPES)
+    assert qat.build_parser().parse_args([]).recipe == DEFAULT_RECIPE
 
 
 def test_ptq_method_folds_into_the_recipe():

@@ -597,7 +597,8 @@ def offered_load(row: dict) -> float:
 
 
 def plot_p99(csv_path: Path, plot_path: Path) -> Path | None:
-    """p99 latency against offered load, one line per variant/runtime/client/mode (the ceiling left out)."""
+    """p99 latency against offered load, one line per server (variant, runtime, workers x threads) and
+    client/mode (the ceiling left out)."""
     import pandas as pd
     from matplotlib.figure import Figure
 
@@ -607,10 +608,13 @@ def plot_p99(csv_path: Path, plot_path: Path) -> Path | None:
         return None
     figure = Figure(figsize=(7, 4.5))
     axes = figure.add_subplot()
-    for (variant, runtime, client, mode), group in frame.groupby(["variant", "runtime", "client", "mode"]):
+    for column in ("workers", "threads"):  # rows written before these columns existed
+        frame[column] = frame[column] if column in frame.columns else ""
+    keys = ["variant", "runtime", "workers", "threads", "client", "mode"]
+    for (variant, runtime, workers, threads, client, mode), group in frame.groupby(keys):
         points = sorted((offered_load(row), float(row["p99_ms"])) for row in group.to_dict("records"))
         axes.plot(*zip(*points), marker="o", linestyle="-" if mode == "open" else "--",
-                  label=f"{variant} ({runtime}, {client}, {mode} loop)")
+                  label=f"{variant} ({runtime}, {workers or '?'} x {threads or '?'}, {client}, {mode} loop)")
     axes.set_xlabel("offered load (requests/s; closed loop: sustained)")
     axes.set_ylabel("p99 latency (ms)")
     axes.set_yscale("log")

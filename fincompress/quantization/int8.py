@@ -62,6 +62,7 @@ from fincompress.quantization.graph_rewrites import (
 )
 from fincompress.quantization.recipe import (
     CALIBRATION_METHODS,
+    DEFAULT_RECIPE,
     EMBEDDINGS,
     HEAD,
     Int8Recipe,
@@ -377,14 +378,13 @@ def evaluate_and_save(dest: Path, staged: Path, info: dict, splits: dict[str, pd
 # ----------------------------------------------------------------------------- flags -> recipe
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, *, calibration_samples: int, seed: int | None,
-                         recipes: Sequence[str]) -> None:
+                         recipes: Sequence[str], default_recipe: str | None = DEFAULT_RECIPE) -> None:
     """Flags PTQ and QAT share: the source, the output, the recipe and its switches, calibration data."""
     parser.add_argument("--source", type=variant_name, default="teacher",
                         help="FP32 variant under checkpoints/ to quantize (default teacher)")
     add_output_arguments(parser, None)
-    parser.add_argument("--recipe", choices=["auto", *recipes], default="auto",
-                        help="INT8 recipe (fincompress/quantization/recipe.py): auto picks the static recipe "
-                        "measured fastest on this CPU's instruction set; default auto")
+    parser.add_argument("--recipe", choices=list(recipes), default=default_recipe,
+                        help=f"INT8 recipe (fincompress/quantization/recipe.py); default {DEFAULT_RECIPE}")
     parser.add_argument("--calibration-samples", type=cli.positive_int, default=calibration_samples,
                         help=f"training sentences used to calibrate activation ranges (default {calibration_samples}; "
                         "a small number is the smoke setting)")

@@ -67,20 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="static: a calibrated QDQ recipe -> <source>_ptq_int8 (default); dynamic: the same as "
                         "--recipe dynamic -> <source>_dynamic_int8 (baseline)")
     add_recipe_arguments(parser, calibration_samples=CONFIG["calibration_samples"], seed=CONFIG["seed"],
-                         recipes=list(RECIPES))
-    named_recipes_only(parser)
+                         recipes=list(RECIPES), default_recipe=None)  # None: not given (`--method` may choose)
     parser.add_argument("--sensitivity", action="store_true",
                         help="also write results/<variant>_sensitivity.csv (per-group val macro F1; one extra "
                         "quantization + validation pass per group and direction)")
     return parser
-
-
-def named_recipes_only(parser: argparse.ArgumentParser) -> None:
-    """PTQ's `--recipe` offers the named recipes only, default `DEFAULT_RECIPE` (recipe.py says why):
-    the shared flag still lists QAT's deprecated `auto`, which nothing of PTQ's needs."""
-    flag = next(action for action in parser._actions if action.dest == "recipe")
-    flag.choices, flag.default = list(RECIPES), None  # None: not given (`--method` may still choose)
-    flag.help = f"INT8 recipe (fincompress/quantization/recipe.py); default {DEFAULT_RECIPE}"
 
 
 def reconcile_method(args: argparse.Namespace) -> None:

@@ -16,9 +16,8 @@ A recipe says which tensors become integers and how:
 (`DEFAULT_RECIPE`), not a choice per CPU: at FinBERT's shape it was fastest at equal accuracy on every
 CPU measured so far (the measurements are beside `DEFAULT_RECIPE` below), so a per-instruction-set
 table would map every CPU to it. A CPU where another recipe measures faster is the reason to
-reintroduce a choice. `--recipe auto` is kept as a deprecated alias of the default (the shared
-`--recipe` flag of PTQ and QAT still defaults to it); each variant records the CPU's INT8 instruction
-sets (`INT8_ISAS`) beside the recipe, so a result is traceable to the CPU that made it.
+reintroduce a choice. Each variant records the CPU's INT8 instruction sets (`INT8_ISAS`) beside the
+recipe, so a result is traceable to the CPU that made it.
 The formulas are onnxruntime's own (`get_qmin_qmax_for_qType`, `compute_scale_zp`), so QAT's
 fake quantization and the deployed graph round alike.
 """
@@ -192,14 +191,13 @@ RECIPES: dict[str, Int8Recipe] = {
 # AVX2 without VNNI: U8S8 pairs can saturate int16 sums (static-reduce-range avoids it, static-u8u8 uses
 # the unsaturated U8U8 kernel); not yet measured on this code, so the U8S8 recipe the published rows used.
 DEFAULT_RECIPE = "static"
-DEPRECATED_AUTO = "auto"  # the former per-CPU choice: every CPU mapped to DEFAULT_RECIPE
 # The INT8 instruction sets (/proc/cpuinfo names), most capable first, recorded with each variant.
 INT8_ISAS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx2")
 
 
 def resolve_recipe(choice: str, cpu_flags: Iterable[str]) -> tuple[Int8Recipe, dict]:
-    """The recipe for `--recipe CHOICE` (`auto`: the default) and how it was chosen (for checkpoint_info)."""
-    name = DEFAULT_RECIPE if choice == DEPRECATED_AUTO else choice
+    """The recipe for `--recipe CHOICE` (None: the default) and how it was chosen (for checkpoint_info)."""
+    name = DEFAULT_RECIPE if choice is None else choice
     if name not in RECIPES:
         raise FinCompressError(f"--recipe {choice!r} is not one of {', '.join(RECIPES)}")
     flags = set(cpu_flags)
