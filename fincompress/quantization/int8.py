@@ -196,8 +196,7 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, reader: CalibrationData
 
     Types, symmetry, per-channel, reduce_range, the calibration method and the graph rewrites
     (graph_rewrites.py: Q/K/V fusion, bias folding, integer attention, ORT's BERT fusions) come from `recipe`.
-    activation_ranges: {torch module name: (rmin, rmax)} forced on the Linear inputs (QAT's learned
-    ranges, through ORT's TensorQuantOverrides) instead of the calibrated ones.
+    activation_ranges: {torch module name: (rmin, rmax)} forced on the Linear inputs (QAT's, not calibrated).
     cache_path: ORT calibration cache; when it exists calibration is not run again (sensitivity runs).
     """
     if not recipe.is_static:
