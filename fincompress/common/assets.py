@@ -261,7 +261,9 @@ def fetch(remote: Remote, dest: Path) -> None:
     Hub files come through the Hugging Face cache (so offline mode still serves what it holds).
     """
     if remote.url:
-        if _enabled("HF_HUB_OFFLINE"):
+        from fincompress.common.hub_models import is_offline  # the one offline test (torch: imported only here)
+
+        if is_offline():
             raise OSError("offline mode (HF_HUB_OFFLINE=1)")
         with urllib.request.urlopen(remote.url, timeout=DOWNLOAD_TIMEOUT) as response:
             atomic_write(dest, lambda tmp: tmp.write_bytes(response.read()))
