@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
+from conftest import stand_in_release
 from fincompress.common import cli, eval_sets
 from fincompress.common.data import first_rows_of_every_class
 from fincompress.common.loader import ensure_onnx_export, load_variant
@@ -277,7 +278,7 @@ def test_extra_sets_get_intervals_calibration_and_a_paired_gap(work_root, tmp_pa
     shutil.copytree(work_root / "checkpoints" / "teacher", work_root / "checkpoints" / "teacher_copy")
     val = pd.read_csv(work_root / "data" / "val.csv")
     desk = write_csv(tmp_path / "desk.csv", list(zip(val["text"], val["label"])))
-    tweets = tmp_path / "twitter_financial_news"
+    tweets = stand_in_release(monkeypatch, tmp_path / "twitter_financial_news")
     write_csv(tweets / "sent_train.csv", [("Stocks slide on rates", 0)])
     write_csv(tweets / "sent_valid.csv", [("Stocks slide on rates", 0), ("Oil jumps", 1), ("Bank misses", 0),
                                           ("Markets flat", 2), ("Profit up", 1)])

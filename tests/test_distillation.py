@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertForSequenceClassification
 
-from conftest import save_tiny_model, tiny_bert_config
+from conftest import save_tiny_model, stand_in_release, tiny_bert_config
 from fincompress.common import cli, losses
 from fincompress.common.eval_sets import is_held_out
 from fincompress.common.loader import load_fp32_model, load_variant
@@ -190,6 +190,7 @@ def test_named_transfer_sets_are_read_through_the_assets(work_root, monkeypatch,
     """Named sets come from the assets resolver (or --shared-data), never from a path fixed in the code."""
     tweets = tmp_path / "assets" / "data" / "twitter_financial_news"
     tweets.mkdir(parents=True)
+    stand_in_release(monkeypatch, tweets)
     written = [f"$ACME{i} up {i}% after earnings" for i in range(10)]
     pd.DataFrame({"text": written, "label": [1] * 10}).to_csv(tweets / "sent_train.csv", index=False)
     # the share the benchmark's `tweets` set holds out is never a transfer text

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
 
+from conftest import stand_in_release
 from fincompress.common import eval_sets
 from fincompress.common.paths import LABEL2ID, FinCompressError
 from fincompress.distillation import kd
@@ -25,9 +27,9 @@ TRAIN_TWEETS = [(f"$T{i} {['slides', 'holds', 'jumps'][i % 3]} after report {i}"
 
 
 @pytest.fixture
-def tweets_root(tmp_path: Path) -> Path:
+def tweets_root(tmp_path: Path, monkeypatch) -> Path:
     """A twitter_financial_news folder; its validation file repeats training tweets (in other case) and itself."""
-    folder = tmp_path / "twitter_financial_news"
+    folder = stand_in_release(monkeypatch, tmp_path / "twitter_financial_news")
     write_csv(folder / eval_sets.TRANSFER_FILE, TRAIN_TWEETS)
     write_csv(folder / eval_sets.TWEETS_FILE, [(text.upper(), label) for text, label in TRAIN_TWEETS[:6]]
               + [("Oil jumps 5%", 1), ("Bank misses, shares fall", 0), ("Markets flat today", 2), ("Oil jumps 5%", 1)])
@@ -94,3 +96,17 @@ def test_tweets_without_the_training_file_say_what_is_needed(tmp_path):
     (tmp_path / "twitter_financial_news").mkdir()
     with pytest.raises(FinCompressError, match="sent_train.csv not found.*fincompress.assets"):
         eval_sets.read_tweets(tmp_path / "twitter_financial_news")
+
+
+def test_a_damaged_copy_of_the_training_tweets_is_refused(twitter_csv, tmp_path):
+    folder = tmp_path / "twitter_financial_news"
+    folder.mkdir()
+    damaged = bytearray(twitter_csv.read_bytes())
+    damaged[-2] = ord("x") if damaged[-2] != ord("x") else ord("y")
+    (folder / eval_sets.TRANSFER_FILE).write_bytes(bytes(damaged))
+    with pytest.raises(FinCompressError, match="sha256 .* is not the reference"):
+        eval_sets.read_tweets(folder)
+    with pytest.raises(FinCompressError, match="sha256 .* is not the reference"):
+        eval_sets.tweets_for_transfer(folder)
+    shutil.copyfile(twitter_csv, folder / eval_sets.TRANSFER_FILE)  # the release itself is read
+    assert len(eval_sets.read_tweets(folder).texts) > 1000

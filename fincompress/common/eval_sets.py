@@ -25,7 +25,7 @@ import pandas as pd
 from fincompress.common.assets import asset_file
 from fincompress.common.io import text_digest
 from fincompress.common.paths import LABEL2ID, FinCompressError
-from fincompress.common.raw_data import normalise_text, parse_labelled_csv
+from fincompress.common.raw_data import normalise_text, parse_labelled_csv, verify_release
 
 TWEETS = "tweets"
 TWEETS_ASSET = "data/twitter_financial_news"
@@ -112,7 +112,7 @@ def _train_file(folder: Path) -> Path:
         raise FinCompressError(f"{path} not found: the {TWEETS!r} set and the `twitter` transfer set are read from "
                                f"twitter_financial_news/{TRANSFER_FILE} (`python -m fincompress.assets --assets "
                                f"{TWEETS_ASSET}`); or pass your own set as NAME=FILE")
-    return path
+    return verify_release(path)  # named as the release: it must be the release
 
 
 def tweets_for_transfer(folder: Path | None = None) -> list[str]:
