@@ -9,7 +9,7 @@ import pytest
 
 from fincompress.common import cli
 from fincompress.evaluation import cost
-from fincompress.evaluation.loadtest import CEILING_VARIANT, COLUMNS, SERVING_CSV
+from fincompress.evaluation.serving_results import CEILING_VARIANT, COLUMNS, SERVING_CSV
 
 
 def level(variant: str, throughput: float, p99: float, threads: int = 2, workers: int = 1, **extra) -> dict:

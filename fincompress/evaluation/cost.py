@@ -24,7 +24,7 @@ import pandas as pd
 from fincompress.common import cli
 from fincompress.common.io import atomic_write_text
 from fincompress.common.paths import FinCompressError, add_root_argument, project_root, results_dir
-from fincompress.evaluation.loadtest import CEILING_VARIANT, ERROR_KINDS, SERVING_CSV
+from fincompress.evaluation.serving_results import CEILING_VARIANT, ERROR_KINDS, SERVING_CSV
 
 DEFAULTS = {"daily_calls": [1e5, 1e7, 1e9], "peak_factor": 3.0}  # traffic is not flat over a day
 COST_CSV = "serving_cost.csv"

@@ -47,6 +47,7 @@ from fincompress.common import cli
 from fincompress.common.hardware import cpu_metadata
 from fincompress.common.io import append_csv_rows, atomic_write
 from fincompress.common.paths import FinCompressError, add_root_argument, project_root, results_dir
+from fincompress.evaluation.serving_results import CEILING_VARIANT, COLUMNS, ERROR_KINDS, SERVING_CSV
 
 log = logging.getLogger("fincompress.loadtest")
 
@@ -54,14 +55,6 @@ DEFAULTS = {"concurrency": [1, 8, 32], "requests": 2000, "seconds": 30.0, "timeo
             "processes": 1, "seed": 0}
 CLIENTS = ("python", "wrk")
 CLIENT_BOUND_SHARE = 0.8  # a level at >= 80% of the client's own ceiling measures the client, not the server
-CEILING_VARIANT = "client-ceiling"
-ERROR_KINDS = ("429", "5xx", "4xx", "connection")  # "connection": no HTTP answer (refused, reset, timed out)
-COLUMNS = ["created_at", "variant", "runtime", "threads", "workers", "client", "processes", "mode",
-           "concurrency", "rate", "requests", "seconds", "ok", "throughput", "p50_ms", "p95_ms", "p99_ms",
-           *(f"errors_{kind}" for kind in ERROR_KINDS), "late_sends", "mean_batch_texts", "rss_start_mb",
-           "rss_end_mb", "client_ceiling",
-           "client_bound", "cpu", "isa", "url"]
-SERVING_CSV = "serving.csv"
 PLOT_NAME = "serving_p99.png"
 HEALTH_WAIT_SECONDS = 20.0
 LATE_SEND_MS = 10.0  # open loop: a request leaving this much after its scheduled time shows a client falling behind
