@@ -5,6 +5,7 @@ asserted anywhere: the numbers depend on the machine and on what else runs on it
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 import socket
 import subprocess
@@ -173,13 +174,13 @@ def test_loopback_addresses_are_accepted(url):
     assert loadtest.check_loopback(url) == url.rstrip("/")
 
 
-def test_wrk_missing_or_open_loop_is_one_line(monkeypatch, tmp_path, texts_file, capsys):
+def test_wrk_missing_is_one_line_for_closed_and_paced_levels(monkeypatch, tmp_path, texts_file, capsys):
     monkeypatch.setattr(loadtest.shutil, "which", lambda name: None)
     argv = ["--url", "http://127.0.0.1:1", "--root", str(tmp_path), "--texts", str(texts_file), "--client", "wrk"]
     assert cli.run(loadtest.main, argv) == 2
-    assert "wrk" in capsys.readouterr().err
+    assert "apt-get install wrk" in capsys.readouterr().err
     assert cli.run(loadtest.main, [*argv, "--rates", "10"]) == 2
-    assert "--rates" in capsys.readouterr().err
+    assert "apt-get install wrk" in capsys.readouterr().err
 
 
 def test_no_server_is_one_line(tmp_path, texts_file, capsys):
@@ -287,3 +288,26 @@ def test_free_port_is_bindable():
     port = loadtest.free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_paced_wrk_levels_wait_an_exponential_time_per_connection(tmp_path):
+    closed = loadtest.wrk_script(tmp_path / "b.jsonl", "/predict")
+    paced = loadtest.wrk_script(tmp_path / "b.jsonl", "/predict", mean_delay_ms=2000.0, seed=3)
+    assert "function delay()" not in closed and "function delay()" in paced and "2000.000" in paced
+    assert "math.randomseed(3 + id)" in paced
+    assert loadtest.paced_connections(300) == (600, 2000.0)  # each connection's mean wait: 2 s
+    assert loadtest.paced_connections(10) == (64, 6400.0)
+
+
+def test_the_answered_quantile_is_read_from_the_histogram_difference():
+    before = {0.01: 10.0, 0.02: 10.0, math.inf: 10.0}
+    after = {0.01: 60.0, 0.02: 110.0, math.inf: 110.0}  # this level: 50 under 10 ms, 50 in (10, 20] ms
+    assert loadtest.admitted_quantile_ms(before, after, 0.5) == pytest.approx(10.0)
+    assert loadtest.admitted_quantile_ms(before, after, 0.99) == pytest.approx(19.8)
+    assert loadtest.admitted_quantile_ms(after, after) == ""  # nothing answered during the level
+    beyond = {0.01: 0.0, math.inf: 5.0}
+    assert loadtest.admitted_quantile_ms({}, beyond) == pytest.approx(10.0)  # past the last bound: its floor
+    samples = [("fincompress_request_seconds_bucket", {"route": "/predict", "status": "200", "le": "0.01"}, 4.0),
+               ("fincompress_request_seconds_bucket", {"route": "/predict", "status": "429", "le": "0.01"}, 9.0),
+               ("fincompress_request_seconds_bucket", {"route": "/predict", "status": "200", "le": "0.01"}, 1.0)]
+    assert loadtest.admitted_buckets(samples) == {0.01: 5.0}  # answered requests only, summed over workers

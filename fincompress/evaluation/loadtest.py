@@ -310,8 +310,9 @@ end
 
 function init(args)
   counter = id * 7919  -- each thread starts at another sentence (a prime stride through the rotation)
+  math.randomseed(%(seed)d + id)
 end
-
+%(delay)s
 function request()
   counter = counter + 1
   return wrk.format(nil, %(path)s, nil, bodies[(counter %% #bodies) + 1])
@@ -338,8 +339,28 @@ def lua_string(text: str) -> str:
     return json.dumps(text)  # for ASCII text (our temporary paths, URL paths) a JSON string is a Lua string
 
 
-def wrk_script(bodies_file: Path, path: str) -> str:
-    return WRK_SCRIPT % {"bodies": lua_string(str(bodies_file)), "path": lua_string(path)}
+# Paced (open-loop) levels: each connection waits an exponential time between its requests, so the
+# connections together send Poisson arrivals at the rate, as long as answers are fast against the mean wait.
+WRK_DELAY = """
+function delay()
+  return -math.log(1 - math.random()) * %(mean_ms).3f
+end
+"""
+PACED_SECONDS_PER_CONNECTION = 2.0  # mean wait of a paced connection: well above any admitted latency
+PACED_MIN_CONNECTIONS = 64
+
+
+def wrk_script(bodies_file: Path, path: str, mean_delay_ms: float | None = None, seed: int = 0) -> str:
+    """The rotating-sentences script; with `mean_delay_ms`, each connection paces its requests."""
+    delay = WRK_DELAY % {"mean_ms": mean_delay_ms} if mean_delay_ms else ""
+    return WRK_SCRIPT % {"bodies": lua_string(str(bodies_file)), "path": lua_string(path), "seed": seed,
+                         "delay": delay}
+
+
+def paced_connections(rate: float) -> tuple[int, float]:
+    """(connections, mean wait in ms) for a paced level at `rate` requests/s."""
+    connections = max(PACED_MIN_CONNECTIONS, math.ceil(rate * PACED_SECONDS_PER_CONNECTION))
+    return connections, connections * 1000.0 / rate
 
 
 UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -377,17 +398,18 @@ def parse_wrk_output(text: str) -> dict:
 
 
 def wrk_client(spec: LevelSpec, threads: int) -> dict:
-    """Run wrk for one closed-loop level (bounded by --seconds: wrk has no request count)."""
+    """Run wrk for one level, closed loop or paced at a rate (bounded by --seconds: wrk has no request count)."""
     binary = shutil.which("wrk")
     if binary is None:
         raise FinCompressError("--client wrk: the wrk binary is not installed (Debian/Ubuntu: "
                                "`apt-get install wrk`); or use --client python")
-    connections = int(spec.value)
+    connections, mean_delay_ms = (int(spec.value), None) if spec.mode == "closed" else paced_connections(spec.value)
     with tempfile.TemporaryDirectory(prefix="fincompress-wrk-") as folder:
         bodies_file = Path(folder) / "bodies.jsonl"
         bodies_file.write_bytes(b"\n".join(spec.bodies) + b"\n")
         script = Path(folder) / "rotate.lua"
-        script.write_text(wrk_script(bodies_file, urlsplit(spec.url).path + "/predict"), encoding="utf-8")
+        script.write_text(wrk_script(bodies_file, urlsplit(spec.url).path + "/predict", mean_delay_ms, spec.seed),
+                          encoding="utf-8")
         command = [binary, "-t", str(max(1, min(threads, connections))), "-c", str(connections),
                    "-d", f"{max(1, round(spec.seconds))}s", "--timeout", f"{max(1, round(spec.timeout))}s",
                    "--latency", "-s", str(script), spec.url]
@@ -412,8 +434,8 @@ def server_info(url: str) -> dict:
                                "(`python -m fincompress.serve --variant NAME`)?") from exc
 
 
-def metric_sums(url: str) -> dict[str, float] | None:
-    """The server's /metrics samples, each name summed over its series (and workers); None if unreadable."""
+def metric_samples(url: str) -> list[tuple[str, dict, float]] | None:
+    """The server's /metrics samples (name, labels, value); None if unreadable."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -421,11 +443,46 @@ def metric_sums(url: str) -> dict[str, float] | None:
         families = list(text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text))
     except (httpx.HTTPError, ValueError):
         return None
+    return [(sample.name, sample.labels, sample.value) for family in families for sample in family.samples]
+
+
+def metric_sums(samples: list[tuple[str, dict, float]] | None) -> dict[str, float] | None:
+    """Each sample name summed over its series (and workers)."""
+    if samples is None:
+        return None
     sums: dict[str, float] = {}
-    for family in families:
-        for sample in family.samples:
-            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    for name, _, value in samples:
+        sums[name] = sums.get(name, 0.0) + value
     return sums
+
+
+def admitted_buckets(samples: list[tuple[str, dict, float]] | None) -> dict[float, float]:
+    """Cumulative counts by upper bound of the server's time for answered (200) POST /predict requests."""
+    buckets: dict[float, float] = {}
+    for name, labels, value in samples or []:
+        if (name == "fincompress_request_seconds_bucket" and labels.get("route") == "/predict"
+                and labels.get("status") == "200"):
+            bound = float(labels["le"])
+            buckets[bound] = buckets.get(bound, 0.0) + value
+    return buckets
+
+
+def admitted_quantile_ms(before: dict[float, float], after: dict[float, float], quantile: float = 0.99) -> float | str:
+    """The server-side latency quantile of the requests answered 200 during a level (the histogram's
+    difference, linear within a bucket as Prometheus' histogram_quantile); blank when none."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return ""
+    rank, lower, below = quantile * counts[-1], 0.0, 0.0
+    for bound, count in zip(bounds, counts):
+        if count >= rank:
+            if math.isinf(bound):
+                return round(lower * 1000, 3)  # beyond the last finite bound: its value is a floor
+            share = (rank - below) / (count - below) if count > below else 1.0
+            return round((lower + (bound - lower) * share) * 1000, 3)
+        lower, below = bound, count
+    return ""
 
 
 def batch_totals(sums: dict[str, float] | None) -> tuple[float, float] | None:
@@ -517,7 +574,7 @@ class Plan:
 def measure(url: str, plan: Plan, mode: str, value: float) -> dict:
     """One level: throughput, percentiles, errors by kind and the server's mean batch size."""
     spec = LevelSpec(url, plan.bodies, mode, value, plan.requests, plan.seconds, plan.timeout, seed=plan.seed)
-    before = metric_sums(url)
+    before = metric_samples(url)
     if plan.client == "wrk":
         result = wrk_client(spec, plan.processes)
         stats = {k: result.get(k, math.nan) for k in ("p50_ms", "p95_ms", "p99_ms")}
@@ -530,13 +587,14 @@ def measure(url: str, plan: Plan, mode: str, value: float) -> dict:
         if late and late > 0.01 * sent:
             log.warning("rate %s/s: %d of %d requests left more than %g ms late: the client cannot keep this "
                         "rate (try --processes or a lower rate)", value, late, sent, LATE_SEND_MS)
-    after = metric_sums(url)
+    after = metric_samples(url)
     row = {"mode": mode, "concurrency": int(value) if mode == "closed" else "",
            "rate": value if mode == "open" else "", "requests": sent, "seconds": round(seconds, 3), "ok": ok,
            "throughput": round(ok / max(seconds, 1e-9), 3), **{k: round(v, 3) for k, v in stats.items()},
            **{f"errors_{kind}": errors.get(kind, 0) for kind in ERROR_KINDS}, "late_sends": late,
-           "mean_batch_texts": mean_batch(batch_totals(before), batch_totals(after)),
-           "rss_start_mb": resident_mb(before), "rss_end_mb": resident_mb(after)}
+           "mean_batch_texts": mean_batch(batch_totals(metric_sums(before)), batch_totals(metric_sums(after))),
+           "server_p99_ms_answered": admitted_quantile_ms(admitted_buckets(before), admitted_buckets(after)),
+           "rss_start_mb": resident_mb(metric_sums(before)), "rss_end_mb": resident_mb(metric_sums(after))}
     log.info("%s %s: %.1f sentences/s, p99 %.1f ms, errors %s", mode,
              f"concurrency {int(value)}" if mode == "closed" else f"rate {value}/s", row["throughput"],
              row["p99_ms"], {k: v for k, v in errors.items() if v} or "none")
@@ -631,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=cli.positive_int_list, default=None,
                         help="closed-loop levels: requests in flight (default 1,8,32 when no --rates)")
     parser.add_argument("--rates", type=rate_list, default=None, help="open-loop levels: Poisson arrival rates, "
-                        "requests/s (python client only)")
+                        "requests/s (wrk: paced connections, each waiting an exponential time between requests)")
     parser.add_argument("--requests", type=cli.positive_int, default=d["requests"],
                         help=f"at most this many requests per level (default {d['requests']}; wrk: ignored)")
     parser.add_argument("--seconds", type=cli.positive_float, default=d["seconds"],
@@ -652,8 +710,6 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> tuple[list[int], list[float]]:
     concurrencies = args.concurrency or ([] if args.rates else DEFAULTS["concurrency"])
     rates = args.rates or []
-    if args.client == "wrk" and rates:
-        raise FinCompressError("--rates: wrk drives a closed loop only; use --client python for open-loop rates")
     return concurrencies, rates
 
 

@@ -13,7 +13,8 @@ import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-SECONDS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+SECONDS_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+                   0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 TEXTS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKENS_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -32,8 +33,8 @@ class ServerMetrics:
         reg = self.registry
         self.requests = Counter("fincompress_requests_total", "HTTP requests by route and status code",
                                 ["route", "status"], registry=reg)
-        self.request_seconds = Histogram("fincompress_request_seconds", "Time to answer a request, by route",
-                                         ["route"], buckets=SECONDS_BUCKETS, registry=reg)
+        self.request_seconds = Histogram("fincompress_request_seconds", "Time to answer a request, by route and "
+                                         "status code", ["route", "status"], buckets=SECONDS_BUCKETS, registry=reg)
         self.batch_texts = Histogram("fincompress_batch_texts", "Texts per model call", buckets=TEXTS_BUCKETS,
                                      registry=reg)
         self.batch_tokens = Histogram("fincompress_batch_tokens", "Padded tokens (texts x longest) per model call",
@@ -50,7 +51,7 @@ class ServerMetrics:
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
-        self.request_seconds.labels(route=route).observe(seconds)
+        self.request_seconds.labels(route=route, status=str(status)).observe(seconds)
 
     def observe_model_call(self, texts: int, tokens: int, seconds: float) -> None:
         self.batch_texts.observe(texts)
