@@ -462,16 +462,17 @@ def test_settings_reach_worker_processes_unchanged():
 
 def test_info_gives_no_f1_from_a_results_set_of_two_runs(tmp_path):
     from fincompress.common.io import publish_file_set
-    from fincompress.serving.app import BENCHMARK_CSV, BENCHMARK_RECORD, benchmark_f1
+    from fincompress.evaluation.reporting import generation_path
+    from fincompress.serving.app import BENCHMARK_CSV, benchmark_f1
 
     results = tmp_path / "results"
     results.mkdir()
     staged = tmp_path / "staged.csv"
     staged.write_text("model_name,runtime,macro_f1,macro_f1_ci_low,macro_f1_ci_high\nteacher,torch,0.9,0.8,0.95\n")
-    publish_file_set({staged: results / BENCHMARK_CSV}, results / BENCHMARK_RECORD)
+    publish_file_set({staged: results / BENCHMARK_CSV}, generation_path(tmp_path))
     assert benchmark_f1(tmp_path, "teacher", "torch")["macro_f1"] == 0.9  # one set: its F1
     (results / BENCHMARK_CSV).write_text("model_name,runtime,macro_f1\nteacher,torch,0.1\n")  # another run's CSV
     mixed = benchmark_f1(tmp_path, "teacher", "torch")
     assert mixed["macro_f1"] is None and "not one set" in mixed["problem"]
-    (results / BENCHMARK_RECORD).write_text("{broken")
+    generation_path(tmp_path).write_text("{broken")
     assert "generation record" in benchmark_f1(tmp_path, "teacher", "torch")["problem"]

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # light at import: `fincompress.serve` reads the defaults bel
 
 # Defaults of the server and of batch scoring, defined here once.
 MAX_BATCH_TOKENS = 4096  # padded tokens (texts x longest text) per model call
+SAMPLE_TEXT = "Operating profit rose compared with the previous quarter."  # warm-up and overhead measurement
 # The fixed cost of one model call in padded tokens, when it is not measured (`measure_call_overhead`).
 CALL_OVERHEAD_TOKENS = 64
 
@@ -122,7 +123,7 @@ def measure_call_overhead(predictor: Predictor, length: int = 32, texts: int = 8
     the overhead is a / b. Per-operator overhead dominates a small model, arithmetic a large one, so the
     right amount of batching differs by variant and CPU: measured, not assumed. Clamped to [0, 4096].
     """
-    ids = predictor.tokenizer("Operating profit rose compared with the previous quarter.")["input_ids"]
+    ids = predictor.tokenizer(SAMPLE_TEXT)["input_ids"]
     body = (ids[1:-1] * length)[:max(length - 2, 0)]
     text = EncodedText([ids[0], *body, ids[-1]], [0] * (len(body) + 2))
     pad_id = predictor.tokenizer.pad_token_id or 0

@@ -34,7 +34,6 @@ import torch
 
 from fincompress.common import cli
 from fincompress.common.data import read_split
-from fincompress.common.io import check_file_set
 from fincompress.common.loader import Predictor, load_variant, variant_runtimes
 from fincompress.common.paths import (
     LABELS,
@@ -45,6 +44,7 @@ from fincompress.common.paths import (
     results_dir,
 )
 from fincompress.common.variants import list_variants, select_variants, variant_problems
+from fincompress.evaluation.reporting import check_results_set
 
 log = logging.getLogger("fincompress.demo")
 
@@ -313,7 +313,7 @@ def benchmark_table(root: Path) -> tuple[str, pd.DataFrame]:
     path = results_dir(root) / "benchmark_results.csv"
     if not path.is_file():
         return f"No benchmark results yet (`{path}`): run `{BENCHMARK_COMMAND}`.", pd.DataFrame()
-    check = check_file_set(path.with_name("benchmark_results.generation.json"), path, BENCHMARK_COMMAND)
+    check = check_results_set(root)
     if check.state == "mixed":  # a CSV of one run beside the plots of another: show neither as results
         return check.message, pd.DataFrame()
     frame = pd.read_csv(path)

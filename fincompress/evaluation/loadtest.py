@@ -588,13 +588,14 @@ def measure(url: str, plan: Plan, mode: str, value: float) -> dict:
             log.warning("rate %s/s: %d of %d requests left more than %g ms late: the client cannot keep this "
                         "rate (try --processes or a lower rate)", value, late, sent, LATE_SEND_MS)
     after = metric_samples(url)
+    sums_before, sums_after = metric_sums(before), metric_sums(after)
     row = {"mode": mode, "concurrency": int(value) if mode == "closed" else "",
            "rate": value if mode == "open" else "", "requests": sent, "seconds": round(seconds, 3), "ok": ok,
            "throughput": round(ok / max(seconds, 1e-9), 3), **{k: round(v, 3) for k, v in stats.items()},
            **{f"errors_{kind}": errors.get(kind, 0) for kind in ERROR_KINDS}, "late_sends": late,
-           "mean_batch_texts": mean_batch(batch_totals(metric_sums(before)), batch_totals(metric_sums(after))),
+           "mean_batch_texts": mean_batch(batch_totals(sums_before), batch_totals(sums_after)),
            "server_p99_ms_answered": admitted_quantile_ms(admitted_buckets(before), admitted_buckets(after)),
-           "rss_start_mb": resident_mb(metric_sums(before)), "rss_end_mb": resident_mb(metric_sums(after))}
+           "rss_start_mb": resident_mb(sums_before), "rss_end_mb": resident_mb(sums_after)}
     log.info("%s %s: %.1f sentences/s, p99 %.1f ms, errors %s", mode,
              f"concurrency {int(value)}" if mode == "closed" else f"rate {value}/s", row["throughput"],
              row["p99_ms"], {k: v for k, v in errors.items() if v} or "none")

@@ -28,8 +28,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fincompress.common import cli
-from fincompress.common.io import atomic_write, check_file_set, require_file_set
+from fincompress.common.io import atomic_write
 from fincompress.common.paths import FinCompressError, add_root_argument, logs_dir, project_root, results_dir
+from fincompress.evaluation.reporting import require_results_set
 
 FAMILY_COLOURS = {"teacher": "#222222", "distillation": "#1f77b4", "quantization": "#d62728",
                   "pruning": "#2ca02c", "stacked": "#9467bd", "other": "#7f7f7f"}
@@ -90,7 +91,7 @@ def read_benchmark(root: Path) -> pd.DataFrame:
     """results/benchmark_results.csv, once its generation record says it is one set with the JSON and the
     throughput table (a mixed set is refused in one line; results without a record are read with a warning)."""
     path = results_dir(root) / "benchmark_results.csv"
-    require_file_set(check_file_set(results_dir(root) / "benchmark_results.generation.json", path, BENCHMARK_COMMAND))
+    require_results_set(root)
     frame = read_results_csv(path, BENCHMARK_NEEDS, BENCHMARK_COMMAND)
     frame["family"] = frame["model_name"].astype(str).map(technique_family)
     return frame

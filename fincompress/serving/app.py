@@ -27,11 +27,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fincompress.common.batching import measure_call_overhead, score_texts
+from fincompress.common.batching import SAMPLE_TEXT, measure_call_overhead, score_texts
 from fincompress.common.hardware import cpu_metadata
-from fincompress.common.io import check_file_set
 from fincompress.common.loader import Predictor, load_variant
 from fincompress.common.paths import LABELS, FinCompressError, results_dir, variant_dir
+from fincompress.evaluation.reporting import check_results_set
 from fincompress.serving.batcher import (
     Batcher,
     BatchSettings,
@@ -48,9 +48,8 @@ log = logging.getLogger("fincompress.serving")
 SETTINGS_ENV = "FINCOMPRESS_SERVE_SETTINGS"  # how `fincompress.serve` hands its settings to worker processes
 ROUTES = ("/predict", "/health", "/info", "/metrics")
 RETRY_AFTER_SECONDS = 1
-WARM_UP_TEXT = "Operating profit rose compared with the previous quarter."
-BENCHMARK_CSV = "benchmark_results.csv"
-BENCHMARK_RECORD = "benchmark_results.generation.json"  # the benchmark writes it last: the set's digests
+BENCHMARK_STEM = "benchmark_results"
+BENCHMARK_CSV = f"{BENCHMARK_STEM}.csv"
 
 
 @dataclass
@@ -87,8 +86,14 @@ class ApiError(Exception):
         self.status, self.message, self.error_type, self.headers = status, message, error_type, headers
 
 
-def error_response(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
+def error_json(message: str, error_type: str) -> bytes:
+    """TEI's one-line error body."""
+    return orjson.dumps({"error": message, "error_type": error_type})
+
+
+def error_response(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_json(message, error_type), status_code=status, headers=headers,
+                    media_type="application/json")
 
 
 def load_predictor(settings: ServeSettings) -> Predictor:
@@ -198,14 +203,14 @@ class PredictRoute:
                 raise ApiError(405, "use POST", "Http", {"Allow": "POST"})
             status, body = 200, await predict(self.state, scope, receive)
         except ApiError as exc:
-            status, body = exc.status, orjson.dumps({"error": exc.message, "error_type": exc.error_type})
+            status, body = exc.status, error_json(exc.message, exc.error_type)
             headers += [(name.lower().encode(), value.encode()) for name, value in (exc.headers or {}).items()]
         except ClientGone:
             return
         except Exception as exc:  # a bug, not the client's fault: one JSON line, and the log has the traceback
             log.exception("POST /predict failed")
             status = 500
-            body = orjson.dumps({"error": f"internal error: {type(exc).__name__}", "error_type": "Backend"})
+            body = error_json(f"internal error: {type(exc).__name__}", "Backend")
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -219,7 +224,7 @@ def benchmark_f1(root: Path, variant: str, runtime: str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        check = check_file_set(path.with_name(BENCHMARK_RECORD), path, "python -m fincompress.evaluation.benchmark")
+        check = check_results_set(root, BENCHMARK_STEM)
         problem = check.message if check.state == "mixed" else None
     except FinCompressError as exc:  # a damaged record
         problem = str(exc)
@@ -278,7 +283,7 @@ def _lifespan(settings: ServeSettings, given: Predictor | None):
     async def lifespan(app: FastAPI):
         predictor = given or await asyncio.to_thread(load_predictor, settings)
         # One real call before /health says yes: a model that cannot run is found before traffic.
-        await asyncio.to_thread(score_texts, predictor, [WARM_UP_TEXT], settings.batch.max_batch_tokens)
+        await asyncio.to_thread(score_texts, predictor, [SAMPLE_TEXT], settings.batch.max_batch_tokens)
         batch = settings.batch
         if batch.call_overhead_tokens is None:  # measured for this variant on this CPU; /info shows the value
             overhead = await asyncio.to_thread(measure_call_overhead, predictor)
