@@ -39,6 +39,9 @@ DEFAULTS = {
     "call_overhead_tokens": None,  # measured at start-up for the variant and CPU
     "max_texts_per_request": 64,
     "max_body_bytes": 1_000_000,
+    # Longer than a load balancer's idle timeout (60 s on AWS ALB and GCP): a server that closes an idle
+    # keep-alive connection first races the client's next request on it (uvicorn's own default is 5 s).
+    "keep_alive_seconds": 75,
 }
 RUNTIMES = ("torch", "onnxruntime")
 # Seconds a worker may take to answer uvicorn's liveness ping; loading a model under load takes longer
@@ -84,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="texts in one /predict request; more get 413 (default %(default)s)")
     parser.add_argument("--max-body-bytes", type=cli.positive_int, default=d["max_body_bytes"],
                         help="request body size; larger gets 413 (default %(default)s)")
+    parser.add_argument("--keep-alive-seconds", type=cli.positive_int, default=d["keep_alive_seconds"],
+                        help="close a keep-alive connection idle this long; keep it above the idle timeout "
+                        "of any load balancer in front (default %(default)s)")
     return parser
 
 
@@ -102,7 +108,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
                          max_body_bytes=args.max_body_bytes, batch=batch)
 
 
-def serve(settings: ServeSettings, host: str, port: int) -> None:
+def serve(settings: ServeSettings, host: str, port: int, keep_alive_seconds: int = DEFAULTS["keep_alive_seconds"]
+          ) -> None:
     import uvicorn
 
     from fincompress.serving.app import SETTINGS_ENV, create_app, load_predictor
@@ -110,7 +117,8 @@ def serve(settings: ServeSettings, host: str, port: int) -> None:
 
     # Loaded here, before the port is bound: a missing or broken variant is a one-line error (exit 2).
     predictor = load_predictor(settings)
-    options = {"host": host, "port": port, "access_log": False, "timeout_graceful_shutdown": None}
+    options = {"host": host, "port": port, "access_log": False, "timeout_graceful_shutdown": None,
+               "timeout_keep_alive": keep_alive_seconds}
     log.info("serving %s (%s, %d threads x %d workers) on http://%s:%d", settings.variant, predictor.runtime,
              settings.threads, settings.workers, host, port)
     if settings.workers == 1:
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = variant_dir(project_root(args.root), args.variant)
     if not folder.is_dir():  # before torch is imported: a typo is answered at once
         raise FinCompressError(f"variant {args.variant!r} not found in {folder.parent}")
-    serve(settings_from_args(args), args.host, args.port)
+    serve(settings_from_args(args), args.host, args.port, args.keep_alive_seconds)
 
 
 if __name__ == "__main__":

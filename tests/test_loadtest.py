@@ -299,15 +299,16 @@ def test_paced_wrk_levels_wait_an_exponential_time_per_connection(tmp_path):
     assert loadtest.paced_connections(10) == (64, 6400.0)
 
 
-def test_the_answered_quantile_is_read_from_the_histogram_difference():
+def test_the_server_quantiles_are_read_from_the_histogram_difference():
     before = {0.01: 10.0, 0.02: 10.0, math.inf: 10.0}
     after = {0.01: 60.0, 0.02: 110.0, math.inf: 110.0}  # this level: 50 under 10 ms, 50 in (10, 20] ms
-    assert loadtest.admitted_quantile_ms(before, after, 0.5) == pytest.approx(10.0)
-    assert loadtest.admitted_quantile_ms(before, after, 0.99) == pytest.approx(19.8)
-    assert loadtest.admitted_quantile_ms(after, after) == ""  # nothing answered during the level
+    assert loadtest.server_quantile_ms(before, after, 0.5) == pytest.approx(10.0)
+    assert loadtest.server_quantile_ms(before, after, 0.99) == pytest.approx(19.8)
+    assert loadtest.server_quantile_ms(after, after) == ""  # nothing answered during the level
     beyond = {0.01: 0.0, math.inf: 5.0}
-    assert loadtest.admitted_quantile_ms({}, beyond) == pytest.approx(10.0)  # past the last bound: its floor
+    assert loadtest.server_quantile_ms({}, beyond) == pytest.approx(10.0)  # past the last bound: its floor
     samples = [("fincompress_request_seconds_bucket", {"route": "/predict", "status": "200", "le": "0.01"}, 4.0),
                ("fincompress_request_seconds_bucket", {"route": "/predict", "status": "429", "le": "0.01"}, 9.0),
                ("fincompress_request_seconds_bucket", {"route": "/predict", "status": "200", "le": "0.01"}, 1.0)]
-    assert loadtest.admitted_buckets(samples) == {0.01: 5.0}  # answered requests only, summed over workers
+    assert loadtest.status_buckets(samples) == {0.01: 5.0}  # answered requests only, summed over workers
+    assert loadtest.status_buckets(samples, "429") == {0.01: 9.0}  # refused ones, for how fast a 429 comes

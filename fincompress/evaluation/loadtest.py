@@ -456,19 +456,19 @@ def metric_sums(samples: list[tuple[str, dict, float]] | None) -> dict[str, floa
     return sums
 
 
-def admitted_buckets(samples: list[tuple[str, dict, float]] | None) -> dict[float, float]:
-    """Cumulative counts by upper bound of the server's time for answered (200) POST /predict requests."""
+def status_buckets(samples: list[tuple[str, dict, float]] | None, status: str = "200") -> dict[float, float]:
+    """Cumulative counts by upper bound of the server's time for POST /predict requests answered `status`."""
     buckets: dict[float, float] = {}
     for name, labels, value in samples or []:
         if (name == "fincompress_request_seconds_bucket" and labels.get("route") == "/predict"
-                and labels.get("status") == "200"):
+                and labels.get("status") == status):
             bound = float(labels["le"])
             buckets[bound] = buckets.get(bound, 0.0) + value
     return buckets
 
 
-def admitted_quantile_ms(before: dict[float, float], after: dict[float, float], quantile: float = 0.99) -> float | str:
-    """The server-side latency quantile of the requests answered 200 during a level (the histogram's
+def server_quantile_ms(before: dict[float, float], after: dict[float, float], quantile: float = 0.99) -> float | str:
+    """The server-side latency quantile of one status's requests during a level (the histogram's
     difference, linear within a bucket as Prometheus' histogram_quantile); blank when none."""
     bounds = sorted(after)
     counts = [after[b] - before.get(b, 0.0) for b in bounds]
@@ -594,7 +594,8 @@ def measure(url: str, plan: Plan, mode: str, value: float) -> dict:
            "throughput": round(ok / max(seconds, 1e-9), 3), **{k: round(v, 3) for k, v in stats.items()},
            **{f"errors_{kind}": errors.get(kind, 0) for kind in ERROR_KINDS}, "late_sends": late,
            "mean_batch_texts": mean_batch(batch_totals(sums_before), batch_totals(sums_after)),
-           "server_p99_ms_answered": admitted_quantile_ms(admitted_buckets(before), admitted_buckets(after)),
+           **{f"server_p99_ms_{name}": server_quantile_ms(status_buckets(before, status), status_buckets(after, status))
+              for name, status in (("answered", "200"), ("refused", "429"))},
            "rss_start_mb": resident_mb(sums_before), "rss_end_mb": resident_mb(sums_after)}
     log.info("%s %s: %.1f sentences/s, p99 %.1f ms, errors %s", mode,
              f"concurrency {int(value)}" if mode == "closed" else f"rate {value}/s", row["throughput"],

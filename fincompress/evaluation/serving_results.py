@@ -11,5 +11,4 @@ ERROR_KINDS = ("429", "5xx", "4xx", "connection")  # "connection": no HTTP answe
 COLUMNS = ["created_at", "variant", "runtime", "threads", "workers", "client", "processes", "mode",
            "concurrency", "rate", "requests", "seconds", "ok", "throughput", "p50_ms", "p95_ms", "p99_ms",
            *(f"errors_{kind}" for kind in ERROR_KINDS), "late_sends", "mean_batch_texts", "server_p99_ms_answered",
-           "rss_start_mb",
-           "rss_end_mb", "client_ceiling", "client_bound", "cpu", "isa", "url"]
+           "server_p99_ms_refused", "rss_start_mb", "rss_end_mb", "client_ceiling", "client_bound", "cpu", "isa", "url"]
