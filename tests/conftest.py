@@ -9,8 +9,11 @@ and are skipped, with the reason printed, when neither a local copy nor the Hub 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import string
+import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -196,6 +199,17 @@ def small_data_root(real_data, tmp_path_factory) -> Path:
             frame = pd.read_csv(real_data / "data" / f"{split}.csv", keep_default_na=False)
             frame = frame.iloc[:: max(1, len(frame) // keep)].iloc[:keep]
         frame.to_csv(root / "data" / f"{split}.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def smoke_study_root(tmp_path_factory, phrasebank_dir, fiqa_dir, minilm_dir) -> Path:
+    """The whole study at smoke size (`pipeline --preset smoke`), built once per session: the pipeline's,
+    the notebooks' and the documentation's tests share it (copy it before writing to it)."""
+    root = tmp_path_factory.mktemp("smoke")
+    result = subprocess.run([sys.executable, "-m", "fincompress.pipeline", "--preset", "smoke", "--root", str(root)],
+                            cwd=REPO, capture_output=True, text=True, timeout=1500, env={**os.environ})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root
 
 

@@ -1,5 +1,6 @@
 """The documentation's commands: runnable blocks run at smoke size, every module and flag named exists."""
 
+import functools
 import importlib.util
 import os
 import re
@@ -60,13 +61,18 @@ def test_the_documentation_has_runnable_blocks_and_module_calls():
     assert any(module == "fincompress.pipeline" for module, _ in CALLS)
 
 
+@functools.cache
+def help_text(module: str) -> str:
+    """`python -m module --help`, run once per module however many of its flags the docs name."""
+    return subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120).stdout
+
+
 @pytest.mark.parametrize(("module", "flag"), CALLS, ids=[f"{m} {f}" for m, f in CALLS])
 def test_every_documented_module_exists_and_accepts_its_flags(module, flag):
     if importlib.util.find_spec(module) is None:
         pytest.fail(f"the docs name {module}, which does not exist")
-    help_text = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True,
-                               text=True, timeout=120).stdout
-    assert flag in help_text, f"{module} --help does not list {flag}"
+    assert flag in help_text(module), f"{module} --help does not list {flag}"
 
 
 def test_the_readme_is_short_and_its_contents_resolve():
@@ -94,20 +100,11 @@ def test_the_module_scan_reads_flags_and_skips_comments():
     assert calls == [("fincompress.x", ["--a", "--b-c"]), ("fincompress.y.z", ["--d"])]
 
 
-@pytest.fixture(scope="session")
-def docs_smoke_root(tmp_path_factory, phrasebank_dir, fiqa_dir, minilm_dir) -> Path:
-    root = tmp_path_factory.mktemp("docs_smoke")
-    result = subprocess.run([sys.executable, "-m", "fincompress.pipeline", "--preset", "smoke", "--root", str(root)],
-                            cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("text", [b[2] for b in RUNNABLE], ids=[b[0] for b in RUNNABLE])
-def test_runnable_block_succeeds_on_a_smoke_project(text, docs_smoke_root, tmp_path):
+def test_runnable_block_succeeds_on_a_smoke_project(text, smoke_study_root, tmp_path):
     root = tmp_path / "project"
-    shutil.copytree(docs_smoke_root, root, symlinks=True)  # each block gets its own copy: none sees another's output
+    shutil.copytree(smoke_study_root, root, symlinks=True)  # each block gets its own copy: none sees another's output
     env = {**os.environ, "FINCOMPRESS_ROOT": str(root)}
     result = subprocess.run(["bash", "-c", "set -euo pipefail\n" + text], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=BLOCK_TIMEOUT_SECONDS)

@@ -269,7 +269,7 @@ def test_wrk_script_rotates_the_bodies_file(tmp_path):
 def test_against_the_real_server(work_root, tmp_path):
     port = loadtest.free_port()
     server = subprocess.Popen([sys.executable, "-m", "fincompress.serve", "--variant", "teacher", "--root",
-                               str(work_root), "--port", str(port), "--threads", "1"],
+                               str(work_root), "--port", str(port), "--threads", "1", "--max-queue", "7"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -280,6 +280,7 @@ def test_against_the_real_server(work_root, tmp_path):
         loadtest.stop_process(server)
     row = read_rows(work_root)[0]
     assert row["variant"] == "teacher" and row["threads"] == "1" and row["workers"] == "1"
+    assert row["max_queue"] == "7" and float(row["max_wait_ms"]) == 2.0  # the server's admission settings
     assert int(row["ok"]) == 10 and float(row["mean_batch_texts"]) >= 1
     assert float(row["rss_start_mb"]) > 10 and float(row["rss_end_mb"]) > 10  # the server's memory, read from /metrics
 

@@ -1,9 +1,7 @@
 """The one-command study (smoke preset), its seeds and the five notebooks, end to end on CPU."""
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 
 import nbformat
@@ -22,12 +20,8 @@ VARIANTS = {"teacher", "student_vanilla_kd", "student_intermediate_kd", "teacher
 
 
 @pytest.fixture(scope="module")
-def smoke_root(tmp_path_factory, phrasebank_dir, fiqa_dir, minilm_dir):
-    root = tmp_path_factory.mktemp("smoke")
-    result = subprocess.run([sys.executable, "-m", "fincompress.pipeline", "--preset", "smoke", "--root", str(root)],
-                            cwd=REPO, capture_output=True, text=True, timeout=1500, env={**os.environ})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root
+def smoke_root(smoke_study_root):
+    return smoke_study_root
 
 
 def test_the_report_is_stale_when_a_variant_or_a_result_changes(tmp_path):

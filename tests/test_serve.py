@@ -303,6 +303,38 @@ def test_several_workers_serve_and_sum_their_metrics(model_root, tmp_path):
     assert not list(temp.glob("fincompress-metrics-*"))  # the private metrics folder is removed at exit
 
 
+def health_on(sock: socket.socket) -> bytes:
+    """One GET /health on an open keep-alive connection; b"" when the server has closed it."""
+    try:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"}"):  # headers and the JSON body may come in separate reads
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+
+
+@pytest.mark.slow
+def test_idle_keep_alive_connections_stay_open_as_long_as_configured(server, model_root, tmp_path):
+    # A server that closes an idle connection before the client (or a load balancer) does races the
+    # client's next request on it; uvicorn's own default closes after 5 s.
+    url = httpx.URL(str(server.base_url))
+    with socket.create_connection((url.host, url.port), timeout=10) as sock:
+        assert health_on(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(6)
+        assert health_on(sock).startswith(b"HTTP/1.1 200")  # still open past uvicorn's 5 s
+    with running_server(model_root, "--keep-alive-seconds", "1", log_dir=tmp_path) as (_, short_url):
+        parsed = httpx.URL(short_url)
+        with socket.create_connection((parsed.host, parsed.port), timeout=10) as sock:
+            assert health_on(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(2.5)
+            assert health_on(sock) == b""  # closed by the server after 1 s idle
+
+
 # ----------------------------------------------------------------------------- start-up errors
 
 @pytest.mark.slow

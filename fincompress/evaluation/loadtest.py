@@ -606,9 +606,12 @@ def measure(url: str, plan: Plan, mode: str, value: float) -> dict:
 def describe_run(url: str, info: dict, plan: Plan) -> dict:
     """The columns every row of one run shares."""
     machine = cpu_metadata()
+    batching = info.get("batching") or {}
     return {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "variant": info.get("variant", ""), "runtime": info.get("runtime", ""),
-            "threads": info.get("threads", ""), "workers": info.get("workers", ""), "client": plan.client,
+            "threads": info.get("threads", ""), "workers": info.get("workers", ""),
+            "max_queue": batching.get("max_queue", ""), "max_wait_ms": batching.get("max_wait_ms", ""),
+            "client": plan.client,
             "processes": plan.processes, "cpu": machine["cpu"], "isa": " ".join(machine["isa"]), "url": url}
 
 
