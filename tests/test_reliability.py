@@ -370,7 +370,11 @@ def test_a_benchmark_scores_one_whole_version_of_a_variant_re_saved_while_it_run
     checkpoints = work_root / "checkpoints"
     versions = [tmp_path / "old", other_version(checkpoints / "teacher", tmp_path / "new")]
     io.shutil.copytree(checkpoints / "teacher", versions[0], ignore=io.shutil.ignore_patterns("onnx"))
-    recorded = {json.loads((v / "checkpoint_info.json").read_text())["num_parameters"] for v in versions}
+    created = {}  # num_parameters -> created_at of each version
+    for number, version in enumerate(versions):
+        info = json.loads((version / "checkpoint_info.json").read_text())
+        (version / "checkpoint_info.json").write_text(json.dumps({**info, "created_at": f"version {number}"}))
+        created[info["num_parameters"]] = f"version {number}"
     io.shutil.copytree(versions[0], checkpoints / "victim")
     run = subprocess.Popen([sys.executable, "-m", "fincompress.evaluation.benchmark", "--root", str(work_root),
                             "--variants", "teacher,victim", *BENCH[2:], "--no-reliability-plots"],
@@ -389,7 +393,11 @@ def test_a_benchmark_scores_one_whole_version_of_a_variant_re_saved_while_it_run
     assert swaps >= 2
     rows = pd.read_csv(work_root / "results" / "benchmark_results.csv")
     victim = rows[rows["model_name"] == "victim"]
-    assert len(victim) == 1 and int(victim["num_parameters"].iloc[0]) in recorded
+    assert len(victim) == 1 and int(victim["num_parameters"].iloc[0]) in created
+    # The run's record names the version its row was scored with, not the one the folder held at the start.
+    metadata = json.loads((work_root / "results" / "benchmark_results.json").read_text())["metadata"]
+    record = metadata["variants"]["victim"]
+    assert record["created_at"] == created[int(victim["num_parameters"].iloc[0])]
 
 
 # ----------------------------------------------------------------------------- 5. contracts checked on load
@@ -492,3 +500,13 @@ def test_a_known_release_is_checked_against_its_checksum_when_used(tmp_path, mon
     monkeypatch.setattr(assets, "search_folders", lambda: [("test", tmp_path / "assets")])
     with pytest.raises(FinCompressError, match="is not the reference"):
         assets.asset_file(asset.name, download=False)
+
+
+def test_a_variant_scored_in_two_versions_is_recorded_with_both():
+    from fincompress.evaluation import reporting
+
+    one, two = {"created_at": "1", "data_fingerprint": "f"}, {"created_at": "2", "data_fingerprint": "f"}
+    record = reporting.loaded_provenance([("a", one), ("b", one), ("a", one), ("a", two)], "f")
+    assert record["b"] == {"created_at": "1", "data_fingerprint": "f", "matches_data": True, "calibration": None}
+    assert [v["created_at"] for v in record["a"]["versions"]] == ["1", "2"]  # its rows share no one version
+    assert "versions" not in record["b"]

@@ -89,6 +89,7 @@ class BenchmarkResult:
     delta_reference: str | None = None
     test_samples: int = 0
     eval_sets: dict = field(default_factory=dict)
+    loaded: list[tuple[str, dict]] = field(default_factory=list)  # (variant, checkpoint_info) per scored predictor
 
 
 # ----------------------------------------------------------------------------- bf16 and loading
@@ -225,7 +226,8 @@ def score_and_time(plots: Path, predictors: list[Predictor], test: tuple[list[st
         latency, throughput = timing.measure_speed(predictors, texts, settings)
         timing.add_speed_columns(rows, predictors, latency, throughput, settings)
     return BenchmarkResult(rows=rows, throughput=throughput, skipped=skipped, delta_reference=reference,
-                           test_samples=len(texts), eval_sets={s.name: s.metadata() for s in eval_sets})
+                           test_samples=len(texts), eval_sets={s.name: s.metadata() for s in eval_sets},
+                           loaded=[(p.name, p.info) for p in predictors])
 
 
 def benchmark(root: Path, names: list[str], settings: BenchmarkSettings, isa: list[str] | None = None,
@@ -304,6 +306,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         if partial.path.is_file():
             log.warning("the rows measured so far are in %s", partial.path)
         raise
+    # What the rows were scored with, not what the folders held before the run (a stage may re-save one).
+    provenance.update(reporting.loaded_provenance(result.loaded, fingerprint))
     metadata = reporting.run_metadata(machine, settings, result, fingerprint, provenance, args.config_values)
     paths = reporting.write_results(root, result.rows, result.throughput, metadata, settings.output,
                                     list(result.eval_sets), results)

@@ -65,7 +65,8 @@ def check_writable(folder: Path) -> None:
 
 
 def variant_provenance(root: Path, names: list[str], fingerprint: str) -> dict:
-    """Each variant's data fingerprint and creation date (what a row was made from, and when)."""
+    """Each variant's data fingerprint and creation date (what a row was made from, and when), as its
+    folder holds it now; warns of a variant made from other data."""
     provenance = {}
     for name in names:
         try:
@@ -73,13 +74,35 @@ def variant_provenance(root: Path, names: list[str], fingerprint: str) -> dict:
         except FinCompressError as exc:
             provenance[name] = {"error": failure_reason(exc)}
             continue
-        made_from = info.get("data_fingerprint")
-        provenance[name] = {"data_fingerprint": made_from, "created_at": info.get("created_at"),
-                            "matches_data": made_from == fingerprint,
-                            "calibration": info.get("calibration")}
-        if made_from != fingerprint:
+        provenance[name] = info_provenance(info, fingerprint)
+        if not provenance[name]["matches_data"]:
             log.warning("variant %s was made from data %s, but data/ is now %s: its test F1 may be measured on "
-                        "sentences it was trained on; re-create it", name, made_from, fingerprint)
+                        "sentences it was trained on; re-create it", name, info.get("data_fingerprint"), fingerprint)
+    return provenance
+
+
+def info_provenance(info: dict, fingerprint: str) -> dict:
+    made_from = info.get("data_fingerprint")
+    return {"data_fingerprint": made_from, "created_at": info.get("created_at"),
+            "matches_data": made_from == fingerprint, "calibration": info.get("calibration")}
+
+
+def loaded_provenance(loaded: list[tuple[str, dict]], fingerprint: str) -> dict:
+    """The provenance of the versions the rows were scored with: (variant, checkpoint_info it was loaded
+    with) per loaded runtime. A variant re-saved between two of its runtimes' loads is recorded with
+    every version it was scored in, so the results say their rows do not share one version."""
+    versions: dict[str, list[dict]] = {}
+    for name, info in loaded:
+        record = info_provenance(info, fingerprint)
+        if record not in versions.setdefault(name, []):
+            versions[name].append(record)
+    provenance = {}
+    for name, records in versions.items():
+        if len(records) > 1:
+            log.warning("variant %s was re-saved during the run: its rows come from %d versions", name, len(records))
+            provenance[name] = {**records[-1], "versions": records}
+        else:
+            provenance[name] = records[0]
     return provenance
 
 
