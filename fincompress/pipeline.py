@@ -113,7 +113,9 @@ STUDY = [
 ]
 SEED_SUMMARY = _stage("seed_summary", "fincompress.evaluation.seeds", [DATA], ["results/seed_summary.csv"])
 REPORT = [
-    _stage("benchmark", "fincompress.evaluation.benchmark", [DATA], ["results/benchmark_results.csv"]),
+    # The generation record is written last: a run cut short before it left no complete results set.
+    _stage("benchmark", "fincompress.evaluation.benchmark", [DATA],
+           ["results/benchmark_results.csv", "results/benchmark_results.generation.json"]),
     _stage("plots", "fincompress.evaluation.plots", ["results/benchmark_results.csv"], ["results/plots/pareto.png"]),
 ]
 REPORT_NAMES = {stage.name for stage in REPORT}

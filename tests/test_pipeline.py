@@ -27,7 +27,7 @@ def smoke_root(smoke_study_root):
 def test_the_report_is_stale_when_a_variant_or_a_result_changes(tmp_path):
     for path, text in (("checkpoints/teacher/checkpoint_info.json", '{"created_at": "1"}'),
                        ("results/benchmark_results.csv", "a\n1\n"), ("results/pruning_curve.csv", "a\n1\n"),
-                       ("results/plots/pareto.png", "png")):
+                       ("results/benchmark_results.generation.json", "{}"), ("results/plots/pareto.png", "png")):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(text)
     report = {s.name: s for s in pipeline.plan(tmp_path, "smoke") if s.name in pipeline.REPORT_NAMES}
@@ -40,6 +40,10 @@ def test_the_report_is_stale_when_a_variant_or_a_result_changes(tmp_path):
     assert pipeline.is_up_to_date(tmp_path, report["plots"])
     (tmp_path / "results/pruning_curve.csv").write_text("a\n2\n")
     assert not pipeline.is_up_to_date(tmp_path, report["plots"])
+    (tmp_path / "checkpoints/teacher/checkpoint_info.json").write_text('{"created_at": "1"}')
+    assert pipeline.is_up_to_date(tmp_path, report["benchmark"])
+    (tmp_path / "results/benchmark_results.generation.json").unlink()  # a run cut short before its record
+    assert not pipeline.is_up_to_date(tmp_path, report["benchmark"])
 
 
 @pytest.mark.slow
