@@ -34,7 +34,9 @@ DEFAULTS = {
     "workers": 1,
     "max_batch_tokens": MAX_BATCH_TOKENS,
     "max_batch_size": None,
-    "max_wait_ms": 2.0,
+    # 0: the model thread takes what has queued. Texts gather while the model runs, so batches form under
+    # load without a window; a window only idles the model (measured: docs/SERVING.md).
+    "max_wait_ms": 0.0,
     "max_queue": 256,
     "call_overhead_tokens": None,  # measured at start-up for the variant and CPU
     "max_texts_per_request": 64,
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "but the token budget)")
     parser.add_argument("--max-wait-ms", type=cli.non_negative_float, default=d["max_wait_ms"],
                         help="how long the model thread waits after the first queued text for more "
-                        "(default %(default)s; 0: take only what has arrived)")
+                        "(default %(default)s: take only what has arrived)")
     parser.add_argument("--call-overhead-tokens", type=cli.non_negative_float, default=d["call_overhead_tokens"],
                         help="the fixed cost of one model call in padded tokens: texts of different lengths "
                         "share a call only when that costs less than another call (default: measured at "

@@ -2,8 +2,8 @@
 
 Reads nothing from disk; calls `Predictor.logits` of the variant it is given. The model is not
 thread-safe and its intra-op threads do the parallel work, so a single thread runs it: it takes what has
-arrived, waits at most `max_wait_ms` after the first text for more, tokenizes those texts once
-(`encode_unpadded`), groups them by length within the token budget (`plan_batches`) and resolves each
+arrived (with `max_wait_ms` > 0 it waits that long after the first text for more), tokenizes those texts
+once (`encode_unpadded`), groups them by length within the token budget (`plan_batches`) and resolves each
 request's future as soon as its last text is scored. Padding is masked, so each text's scores equal its
 batch-1 scores.
 
@@ -62,7 +62,7 @@ class ModelError(Exception):
 class BatchSettings:
     max_batch_tokens: int = MAX_BATCH_TOKENS
     max_batch_size: int | None = None
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0  # take what has queued: under load texts gather while the model runs
     max_queue: int = 256
     call_overhead_tokens: float | None = None  # None: the server measures it at start-up
 
