@@ -31,7 +31,7 @@ from fincompress.common.batching import SAMPLE_TEXT, measure_call_overhead, scor
 from fincompress.common.hardware import cpu_metadata
 from fincompress.common.loader import Predictor, load_variant
 from fincompress.common.paths import LABELS, FinCompressError, results_dir, variant_dir
-from fincompress.evaluation.reporting import check_results_set
+from fincompress.evaluation.reporting import DEFAULT_OUTPUT, check_results_set
 from fincompress.serving.batcher import (
     Batcher,
     BatchSettings,
@@ -48,8 +48,7 @@ log = logging.getLogger("fincompress.serving")
 SETTINGS_ENV = "FINCOMPRESS_SERVE_SETTINGS"  # how `fincompress.serve` hands its settings to worker processes
 ROUTES = ("/predict", "/health", "/info", "/metrics")
 RETRY_AFTER_SECONDS = 1
-BENCHMARK_STEM = "benchmark_results"
-BENCHMARK_CSV = f"{BENCHMARK_STEM}.csv"
+BENCHMARK_CSV = f"{DEFAULT_OUTPUT}.csv"  # the benchmark's default results set
 
 
 @dataclass
@@ -224,7 +223,7 @@ def benchmark_f1(root: Path, variant: str, runtime: str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        check = check_results_set(root, BENCHMARK_STEM)
+        check = check_results_set(root)
         problem = check.message if check.state == "mixed" else None
     except FinCompressError as exc:  # a damaged record
         problem = str(exc)
