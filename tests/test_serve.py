@@ -426,6 +426,31 @@ def test_the_batcher_refuses_at_once_when_full_and_drains_on_close(teacher):
     assert batcher.pending == 0 and not batcher.alive
 
 
+def test_an_answered_request_stops_counting_against_the_queue_before_its_caller_sees_the_answer(teacher):
+    # A closed-loop client sends its next request the moment it has its answer: with room for exactly one
+    # request, that next request must be accepted, not refused because the last one still counts.
+    blocking = BlockingPredictor(teacher)  # held until the callback below is in place
+    batcher = Batcher(blocking, BatchSettings(max_wait_ms=0, max_queue=1))
+    outcomes: list = []
+    sent = threading.Event()
+
+    def send_next(_) -> None:
+        try:
+            outcomes.append(batcher.submit(["sales fell"]))
+        except QueueFull:
+            outcomes.append("refused")
+        sent.set()
+
+    first = batcher.submit(["profit rose"])
+    first.add_done_callback(send_next)  # runs in the model thread, right after the answer is set
+    blocking.release.set()
+    assert sent.wait(30)
+    assert outcomes != ["refused"]
+    assert outcomes[0].result(30).shape == (1, 3)
+    batcher.close(timeout=30)
+    assert batcher.pending == 0
+
+
 def test_an_unexpected_failure_answers_the_batch_and_the_thread_keeps_serving(teacher):
     def broken_softmax(logits):
         raise ValueError("simulated bug after the model call")

@@ -8,8 +8,9 @@ request's future as soon as its last text is scored. Padding is masked, so each 
 batch-1 scores.
 
 Back-pressure: `submit` refuses at once (`QueueFull`) when the texts accepted and not yet answered would
-exceed `max_queue`; nothing waits without bound. A failing model call fails only the requests that had a
-text in that call (`ModelError`); the thread keeps serving. `close()` stops accepting and drains what was
+exceed `max_queue` (a request's texts stop counting the moment it is answered); nothing waits without
+bound. A failing model call fails only the requests that had a text in that call (`ModelError`); the
+thread keeps serving. `close()` stops accepting and drains what was
 accepted before it returns.
 """
 
@@ -128,6 +129,9 @@ class Batcher:
                 raise QueueFull(f"{self._pending} texts are waiting (at most {self.settings.max_queue}); "
                                 "retry later")
             self._pending += len(texts)
+            # Released the moment the request is answered (or cancelled), before its caller sees the answer:
+            # a client that sends its next request at once finds its texts no longer counted.
+            request.future.add_done_callback(lambda _: self._release(len(request.texts)))
             self._queue.put(request)
         self._report_queue()
         return request.future
@@ -186,7 +190,8 @@ class Batcher:
         try:
             self._score(requests, owners, encoded)
         finally:
-            self._release(sum(len(r.texts) for r in requests))
+            for request in requests:  # never left waiting: a request not answered by now never will be
+                request.fail(ModelError("the request was not answered"))
 
     def _encode(self, requests: list[_Request]) -> tuple[list[tuple[_Request, int]], list[EncodedText]]:
         """Each text's (request, row) and its tokens; one tokenizer call for the whole collection.
