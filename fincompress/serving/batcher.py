@@ -10,8 +10,7 @@ batch-1 scores.
 Back-pressure: `submit` refuses at once (`QueueFull`) when the texts accepted and not yet answered would
 exceed `max_queue` (a request's texts stop counting the moment it is answered); nothing waits without
 bound. A failing model call fails only the requests that had a text in that call (`ModelError`); the
-thread keeps serving. `close()` stops accepting and drains what was
-accepted before it returns.
+thread keeps serving. `close()` stops accepting and drains what was accepted before it returns.
 """
 
 from __future__ import annotations
