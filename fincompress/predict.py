@@ -32,6 +32,7 @@ from fincompress.common.batching import MAX_BATCH_TOKENS, encode_unpadded, measu
 from fincompress.common.io import atomic_write, atomic_write_text, check_writable, sha256_file
 from fincompress.common.loader import Predictor, load_variant, variant_runtimes
 from fincompress.common.paths import LABELS, FinCompressError, add_root_argument, project_root, variant_dir
+from fincompress.common.raw_data import is_visible_text
 from fincompress.common.variants import INFO_FILE, variant_name
 
 LOG = logging.getLogger("fincompress.predict")
@@ -156,13 +157,14 @@ def read_corpus(path: Path, text_column: str, given: bool) -> Corpus:
 
 
 def check_texts(path: Path, corpus: Corpus) -> None:
-    """Refuse empty, whitespace-only, missing or non-string texts, naming their row numbers (1-based)."""
-    bad = [i + 1 for i, text in enumerate(corpus.texts) if not isinstance(text, str) or not text.strip()]
+    """Refuse empty, blank (whitespace or invisible characters only), missing or non-string texts, naming their
+    row numbers (1-based)."""
+    bad = [i + 1 for i, text in enumerate(corpus.texts) if not is_visible_text(text)]
     if bad:
         shown = ", ".join(map(str, bad[:SHOWN_BAD_ROWS])) + (f" and {len(bad) - SHOWN_BAD_ROWS} more"
                                                              if len(bad) > SHOWN_BAD_ROWS else "")
-        raise FinCompressError(f"--input {path}: {corpus.text_column!r} is empty, whitespace-only or not a "
-                               f"string in row{'s' if len(bad) > 1 else ''} {shown} (of {len(corpus.texts)}, "
+        raise FinCompressError(f"--input {path}: {corpus.text_column!r} is empty, blank or not a string "
+                               f"in row{'s' if len(bad) > 1 else ''} {shown} (of {len(corpus.texts)}, "
                                "counted from 1 without the header)")
 
 

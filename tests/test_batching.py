@@ -129,7 +129,7 @@ def test_padding_is_masked_and_typed_for_the_model(trained_root):
     assert (arrays["input_ids"][0, short:] == predictor.tokenizer.pad_token_id).all()
 
 
-@pytest.mark.parametrize("bad", [[""], ["   "], [None], ["fine", 3]])
+@pytest.mark.parametrize("bad", [[""], ["   "], [None], ["fine", 3], ["fine", "\u200b\ufeff"]])
 def test_empty_or_non_string_texts_are_refused(trained_root, bad):
     predictor = load_variant(trained_root / "checkpoints" / "teacher", runtime="torch")
     with pytest.raises(FinCompressError, match="non-empty string"):

@@ -187,6 +187,7 @@ def test_check_passes_with_a_warning_when_some_variants_load(two_variant_root, c
 
 @pytest.mark.parametrize(("given", "fragment"), [
     (None, demo.EMPTY_INPUT_MESSAGE), ("", demo.EMPTY_INPUT_MESSAGE), (" \n\t ", demo.EMPTY_INPUT_MESSAGE),
+    ("\u200b\u2060", demo.EMPTY_INPUT_MESSAGE),
     (42, "must be text"), (["Profit rose."], "must be text"), ({"text": "x"}, "must be text"),
     (b"Profit rose.", "must be text"),
 ])

@@ -155,13 +155,13 @@ def test_existing_output_and_foreign_partials_are_refused(work_root, corpus_csv,
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "file not found"), ("empty", "empty"), ("header_only", "no rows"),
-    ("blank_texts", "rows 2, 4"), ("non_string", "row 2"), ("extension", "unknown extension"),
+    ("blank_texts", "rows 2, 4, 5"), ("non_string", "row 2"), ("extension", "unknown extension"),
     ("ambiguous", "its columns are ['a', 'b']"),
 ])
 def test_bad_inputs_fail_in_one_line(work_root, capsys, case, message):
     paths = {"missing": "nope.csv", "empty": "empty.csv", "header_only": "head.csv", "blank_texts": "blank.csv",
              "non_string": "mixed.jsonl", "extension": "texts.txt", "ambiguous": "two.csv"}
-    contents = {"empty": "", "header_only": "text,id\n", "blank_texts": 'text\nfine\n""\nok\n"   "\n',
+    contents = {"empty": "", "header_only": "text,id\n", "blank_texts": 'text\nfine\n""\nok\n"   "\n\u200b\u2060\n',
                 "non_string": '{"text": "fine"}\n{"text": 3}\n', "extension": "text\nfine\n",
                 "ambiguous": "a,b\nx,y\n"}
     path = work_root / paths[case]

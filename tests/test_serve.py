@@ -237,7 +237,9 @@ def test_too_many_texts_too_big_a_body_or_a_too_long_text_get_413(server, teache
 @pytest.mark.slow
 @pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe", b"[]", b"{}", b'{"inputs": ""}', b'{"inputs": "   "}',
                                   b'{"inputs": 5}', b'{"inputs": []}', b'{"inputs": ["ok", 3]}',
-                                  b'{"inputs": ["ok", " "]}', b'{"inputs": "ok", "raw_scores": "yes"}',
+                                  b'{"inputs": ["ok", " "]}', b'{"inputs": "\\u200b"}',
+                                  b'{"inputs": ["ok", "\\ufeff\\u200d \\u00ad"]}',
+                                  b'{"inputs": "ok", "raw_scores": "yes"}',
                                   b'{"inputs": "ok", "truncate": 1}'])
 def test_bad_input_gets_422_in_the_error_shape(server, body):
     body = assert_error_shape(server.post("/predict", content=body, headers={"content-type": "application/json"}),

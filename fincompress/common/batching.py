@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fincompress.common.paths import LABELS, FinCompressError
+from fincompress.common.raw_data import is_visible_text
 
 if TYPE_CHECKING:  # light at import: `fincompress.serve` reads the defaults below before torch is loaded
     from transformers import PreTrainedTokenizerBase
@@ -43,8 +44,8 @@ class EncodedText:
 
 def encode_unpadded(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[EncodedText]:
     """Tokenize texts once, truncated to `max_length` tokens, without padding."""
-    if any(not isinstance(t, str) or not t.strip() for t in texts):
-        raise FinCompressError("every text must be a non-empty string")
+    if not all(map(is_visible_text, texts)):
+        raise FinCompressError("every text must be a non-empty string (with a visible character)")
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
                         return_token_type_ids=True)
     return [EncodedText(ids, types) for ids, types in zip(encoded["input_ids"], encoded["token_type_ids"])]

@@ -38,7 +38,7 @@ from fincompress.common.hub_models import project_order, reorder_classifier_to_p
 from fincompress.common.io import as_user_error, atomic_write, atomic_write_text, content_digest
 from fincompress.common.onnx_graph import fuse_attention
 from fincompress.common.paths import LABELS, FinCompressError
-from fincompress.common.raw_data import normalise_text
+from fincompress.common.raw_data import is_visible_text
 from fincompress.common.variants import ONNX_FILE, folder_problem, read_info
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -262,7 +262,7 @@ class Predictor:
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         texts = list(texts)
-        if not texts or any(not isinstance(t, str) or not normalise_text(t) for t in texts):
+        if not texts or not all(map(is_visible_text, texts)):
             raise FinCompressError("every text must be a non-empty string (with a visible character)")
         return encode_texts(self.tokenizer, texts, self.max_length)
 

@@ -65,6 +65,12 @@ def normalise_text(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def is_visible_text(value: object) -> bool:
+    """A string with at least one visible character: what every stage, the server and the batch scorer
+    accept as a text (empty, whitespace-only and invisible-only strings would reach the model as an empty input)."""
+    return isinstance(value, str) and bool(normalise_text(value))
+
+
 # Column names that hold a text in the CSVs people bring: two of them in one file make the text ambiguous.
 TEXT_COLUMN_NAMES = ("text", "sentence", "sentences", "tweet", "content", "headline", "body", "review")
 

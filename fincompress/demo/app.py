@@ -43,6 +43,7 @@ from fincompress.common.paths import (
     project_root,
     results_dir,
 )
+from fincompress.common.raw_data import is_visible_text
 from fincompress.common.variants import list_variants, select_variants, variant_problems
 from fincompress.evaluation.reporting import check_results_set
 
@@ -213,7 +214,7 @@ class SideBySide:
             return NOT_TEXT_MESSAGE.format(kind=type(text).__name__), []
         # Cut before stripping or tokenizing: the work done on an input is bounded whatever its size.
         text, clipped = clip_characters(text or "")
-        if not text.strip():
+        if not is_visible_text(text):
             return EMPTY_INPUT_MESSAGE, []
         text, notices = input_notices(text.strip(), self.predictors[0])
         notices = [clipped, *notices] if clipped else notices

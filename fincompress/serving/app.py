@@ -31,6 +31,7 @@ from fincompress.common.batching import SAMPLE_TEXT, measure_call_overhead, scor
 from fincompress.common.hardware import cpu_metadata
 from fincompress.common.loader import Predictor, load_variant
 from fincompress.common.paths import LABELS, FinCompressError, results_dir, variant_dir
+from fincompress.common.raw_data import is_visible_text
 from fincompress.evaluation.reporting import DEFAULT_OUTPUT, check_results_set
 from fincompress.serving.batcher import (
     Batcher,
@@ -139,9 +140,9 @@ def parse_predict(body: bytes, max_texts: int) -> tuple[list[str], bool, bool, b
     if len(texts) > max_texts:
         raise ApiError(413, f"{len(texts)} texts in one request; at most {max_texts}", "Validation")
     for index, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
+        if not is_visible_text(text):
             where = "inputs" if single else f"inputs[{index}]"
-            raise ApiError(422, f"{where} must be a non-empty string", "Validation")
+            raise ApiError(422, f"{where} must be a non-empty string with a visible character", "Validation")
     options = {}
     for name, default in (("raw_scores", False), ("truncate", True)):
         options[name] = payload.get(name, default)
